@@ -1,0 +1,385 @@
+"""Convolution with a dense kernel: direct (XLA) or real-FFT algorithm.
+
+DCLS builds a dense, possibly large, kernel and then convolves with it. All
+functions here compute the same cross-correlation as `torch.nn.ConvNd` and
+`lax.conv_general_dilated` (no kernel flip, no dilation):
+
+    y[n, t, o] = sum_{c, tau} xp[n, s * t + tau, g(o) * Cg + c] k[o, c, tau]
+
+where `xp` is the input after padding (zeros or a torch `padding_mode`), `s`
+the stride, `Cg = C_in / groups` and `g(o)` the group of output channel `o`.
+The kernel is always in torch layout `(O, C_in // G, *kernel_spatial)`.
+
+Two algorithms:
+
+* "direct": `lax.conv_general_dilated`. Exact up to float summation order.
+  This is what cuDNN / the TPU MXU are built for, but XLA's CPU convolution
+  is slow for grouped and depthwise layers (30-700x slower than "fft" with
+  7x7 to 23x23 kernels, fwd+bwd, on a 2-core CPU).
+* "fft": real-FFT convolution. With padded length `Lp` and kernel length `d`
+  along an axis, the circular correlation of FFT size `F >= Lp` equals the
+  linear one on the outputs `t in [0, Lp - d]` (indices `t + tau <= Lp - 1`
+  never wrap), so `F = Lp` rounded up to a 2,3,5-smooth size suffices. The
+  correlation is `irfft(rfft(xp) * conj(rfft(k)))`, channels are contracted
+  per frequency (an elementwise product when each group has one input
+  channel), and the result is sliced to `[0, Lp - d]` and subsampled by the
+  stride. Mathematically exact; the float32 round-off is relative to
+  `sum |x| |k|` over the window rather than to the output (errors measured
+  <= 2e-7 of the largest such sum, as for float32 direct convolution with
+  large kernels; see the tests),
+  so outputs much smaller than that sum lose relative precision. float32 and
+  lower precisions compute in float32 / complex64, float64 in complex128.
+
+`choose_algorithm` picks one from shapes at trace time with a cost model
+calibrated on CPU.
+"""
+
+import math
+import numbers
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+ALGORITHMS = ("direct", "fft")
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+_NUMPY_PAD_MODES = {"reflect": "reflect", "replicate": "edge",
+                    "circular": "wrap"}
+
+
+def resolve_padding(padding, input_spatial_shape, kernel_spatial_shape,
+                    strides) -> tuple[tuple[int, int], ...]:
+  """Returns explicit `(lo, hi)` pads, one pair per spatial axis.
+
+  Args:
+    padding: 'SAME' | 'VALID' (case-insensitive) | int | sequence of ints (one
+      per spatial axis) | sequence of (lo, hi) pairs. 'SAME' follows lax/Flax:
+      output size ceil(in / stride), the odd pad on the high side.
+    input_spatial_shape: spatial shape of the unpadded input.
+    kernel_spatial_shape: spatial shape of the kernel.
+    strides: int or one per spatial axis (only used by 'SAME').
+  """
+  ndim = len(input_spatial_shape)
+  if isinstance(padding, str):
+    if padding.upper() == "VALID":
+      return ((0, 0),) * ndim
+    if padding.upper() == "SAME":
+      strides = _normalize_strides(strides, ndim)
+      return tuple(map(tuple, lax.padtype_to_pads(
+          input_spatial_shape, kernel_spatial_shape, strides, "SAME")))
+    raise ValueError(f"padding={padding!r}: expected 'SAME', 'VALID', an int,"
+                     f" {ndim} ints or {ndim} (lo, hi) pairs.")
+  if _is_int(padding):
+    padding = (padding,) * ndim
+  try:
+    pads = tuple((p, p) if _is_int(p) else tuple(p) for p in padding)
+  except TypeError:
+    pads = None
+  if (pads is None or len(pads) != ndim
+      or any(len(p) != 2 or not all(_is_int(q) and q >= 0 for q in p)
+             for p in pads)):
+    raise ValueError(f"padding={padding!r}: expected 'SAME', 'VALID', a"
+                     f" non-negative int, {ndim} non-negative ints or {ndim}"
+                     " (lo, hi) pairs of non-negative ints.")
+  return tuple((int(lo), int(hi)) for lo, hi in pads)
+
+
+def conv(x, kernel, *, strides=1, padding="VALID", feature_group_count=1,
+         padding_mode="zeros", channels_first=False, algorithm="auto",
+         precision=None):
+  """N-d cross-correlation with a torch-layout kernel.
+
+  Args:
+    x: (N, *spatial, C_in), or (N, C_in, *spatial) if `channels_first`; 1, 2 or
+      3 spatial dims.
+    kernel: (O, C_in // feature_group_count, *kernel_spatial) (torch layout).
+    strides: int or one per spatial axis.
+    padding: see `resolve_padding`.
+    feature_group_count: number of groups G; G == C_in == O is depthwise.
+    padding_mode: 'zeros' | 'reflect' | 'replicate' | 'circular' (torch).
+    channels_first: data layout of `x` and of the result.
+    algorithm: 'direct', 'fft' or 'auto' (`choose_algorithm`).
+    precision: passed to `lax.conv_general_dilated` / the frequency contraction.
+
+  Returns:
+    (N, *out_spatial, O), or (N, O, *out_spatial) if `channels_first`, in the
+    promoted dtype of `x` and `kernel`.
+  """
+  x, kernel = jnp.asarray(x), jnp.asarray(kernel)
+  if algorithm not in ("auto",) + ALGORITHMS:
+    raise ValueError(f"algorithm={algorithm!r}: expected 'auto' or one of"
+                     f" {ALGORITHMS}.")
+  if padding_mode not in PADDING_MODES:
+    raise ValueError(f"padding_mode={padding_mode!r}: expected one of"
+                     f" {PADDING_MODES}.")
+  _check_shapes(x.shape, kernel.shape, feature_group_count, channels_first)
+  ndim = kernel.ndim - 2
+  strides = _normalize_strides(strides, ndim)
+  sp_axes = _spatial_axes(ndim, channels_first)
+  kernel_spatial = kernel.shape[2:]
+  pads = resolve_padding(padding, [x.shape[a] for a in sp_axes],
+                         kernel_spatial, strides)
+  if padding_mode != "zeros":  # Pad here; the convolution then pads nothing.
+    x = _pad_with_mode(x, pads, sp_axes, padding_mode)
+    pads = ((0, 0),) * ndim
+  padded_shape = list(x.shape)
+  for a, (lo, hi) in zip(sp_axes, pads):
+    padded_shape[a] += lo + hi
+  if any(padded_shape[a] < d for a, d in zip(sp_axes, kernel_spatial)):
+    raise ValueError(
+        f"padding={padding!r}: padded input spatial shape"
+        f" {[padded_shape[a] for a in sp_axes]} is smaller than the kernel"
+        f" spatial shape {list(kernel_spatial)}.")
+
+  if algorithm == "auto":
+    algorithm = choose_algorithm(
+        padded_shape, kernel.shape, strides=strides,
+        feature_group_count=feature_group_count, channels_first=channels_first)
+  dtype = jnp.result_type(x, kernel)
+  x, kernel = x.astype(dtype), kernel.astype(dtype)
+  if algorithm == "direct":
+    return _direct_conv(x, kernel, strides, pads, feature_group_count,
+                        channels_first, precision)
+  return _fft_conv(x, kernel, strides, pads, feature_group_count,
+                   channels_first, precision)
+
+
+def choose_algorithm(input_shape, kernel_shape, *, strides,
+                     feature_group_count, channels_first=False,
+                     backend=None) -> str:
+  """Picks 'direct' or 'fft' from static shapes (trace time).
+
+  On 'cpu': kernels with every extent <= 3 (3x3, 1x1, ...) stay direct;
+  otherwise the cheaper of two fwd+bwd cost estimates, calibrated on CPU (see
+  the constants below). On 'gpu' / 'tpu': 'direct', since cuDNN and the MXU
+  are built for convolutions; there was no accelerator to calibrate an FFT
+  cost model on, so this is a default, not a measurement.
+
+  Args:
+    input_shape: shape of the input as the convolution sees it, i.e. after
+      padding (`conv` passes the padded shape).
+    kernel_shape: (O, C_in // G, *kernel_spatial).
+    strides: int or one per spatial axis.
+    feature_group_count: number of groups G.
+    channels_first: layout of `input_shape`.
+    backend: 'cpu', 'gpu', 'tpu'; defaults to `jax.default_backend()`.
+  """
+  backend = backend or jax.default_backend()
+  kernel_spatial = kernel_shape[2:]
+  if backend != "cpu" or max(kernel_spatial) <= _MAX_SMALL_KERNEL:
+    return "direct"
+  ndim = len(kernel_spatial)
+  strides = _normalize_strides(strides, ndim)
+  batch = input_shape[0]
+  in_channels = input_shape[1 if channels_first else -1]
+  in_spatial = [input_shape[a] for a in _spatial_axes(ndim, channels_first)]
+  out_spatial = [(n - d) // s + 1
+                 for n, d, s in zip(in_spatial, kernel_spatial, strides)]
+
+  direct = _direct_seconds(batch, in_channels, out_spatial, kernel_shape,
+                           feature_group_count)
+  fft = _fft_seconds(batch, in_channels, in_spatial, kernel_shape)
+  return "fft" if fft < direct else "direct"
+
+
+# CPU cost model: seconds of jitted fwd+bwd (grad wrt x and kernel), fitted on
+# the 2-core x86 CPU this was written on (jax 0.10.2, float32) over 43 shapes:
+# 1-3 spatial dims, dense / grouped / depthwise, kernels 3-31, strides 1-2.
+#
+# direct: XLA:CPU spends as much on a grouped or depthwise convolution as on the
+#   dense one over all C_in channels, or more. With W = N * prod(out) * prod(d)
+#   windows, W * O * C_in MACs plus W * (C_in + O) memory traffic fit 1-D/2-D
+#   dense and depthwise shapes within 0.7x-1.35x (small or strided depthwise
+#   ones run 3-6x slower still). 3-D runs ~5x slower, groups with C_in // G > 1
+#   10x-80x slower. E.g. depthwise, batch 8, 96 channels, 56x56, 17x17: 1.71 s
+#   (FFT: 0.042 s).
+# fft: P = prod(F) FFT points, Pr = P // F[-1] * (F[-1] // 2 + 1) frequencies:
+#   input and output transforms, N * (C_in + O) * P * log2(P); kernel
+#   transforms, O * Cg * P * log2(P), dearer per point (many small transforms
+#   and a large spectrum to move); the channel contraction, N * Pr * O * Cg
+#   complex MACs. Fit within 0.4x-1.5x.
+# Small kernels stay direct by policy, although on this CPU the FFT also won
+# for 3x3 depthwise (19x), 3x3 grouped (19x) and 3x3x3 dense (2x) layers.
+_MAX_SMALL_KERNEL = 3
+_DIRECT_SECONDS_PER_MAC = 1.6e-11
+_DIRECT_SECONDS_PER_WINDOW_CHANNEL = 4.8e-10
+_DIRECT_3D_SLOWDOWN = 5
+_GROUPED_DIRECT_SLOWDOWN = 10
+_FFT_SECONDS_PER_DATA_POINT = 2.6e-10
+_FFT_SECONDS_PER_KERNEL_POINT = 9.6e-10
+_FFT_SECONDS_PER_COMPLEX_MAC = 2.1e-10
+
+
+def _direct_seconds(batch, in_channels, out_spatial, kernel_shape, groups):
+  out_channels, group_channels, *kernel_spatial = kernel_shape
+  windows = batch * math.prod(out_spatial) * math.prod(kernel_spatial)
+  seconds = (windows * out_channels * in_channels * _DIRECT_SECONDS_PER_MAC
+             + windows * (in_channels + out_channels)
+             * _DIRECT_SECONDS_PER_WINDOW_CHANNEL)
+  if len(kernel_spatial) == 3:
+    seconds *= _DIRECT_3D_SLOWDOWN
+  if groups > 1 and group_channels > 1:
+    seconds *= _GROUPED_DIRECT_SLOWDOWN
+  return seconds
+
+
+def _fft_seconds(batch, in_channels, in_spatial, kernel_shape):
+  out_channels, group_channels, *_ = kernel_shape
+  fft_shape = [_fast_fft_size(n) for n in in_spatial]
+  points = math.prod(fft_shape)
+  freqs = points // fft_shape[-1] * (fft_shape[-1] // 2 + 1)
+  point_logs = points * math.log2(points)
+  return (batch * (in_channels + out_channels) * point_logs
+          * _FFT_SECONDS_PER_DATA_POINT
+          + out_channels * group_channels * point_logs
+          * _FFT_SECONDS_PER_KERNEL_POINT
+          + batch * freqs * out_channels * group_channels
+          * _FFT_SECONDS_PER_COMPLEX_MAC)
+
+
+def _direct_conv(x, kernel, strides, pads, groups, channels_first, precision):
+  spatial = "DHW"[-(kernel.ndim - 2):]
+  data_spec = "NC" + spatial if channels_first else "N" + spatial + "C"
+  return lax.conv_general_dilated(
+      x, kernel, window_strides=strides, padding=pads,
+      dimension_numbers=(data_spec, "OI" + spatial, data_spec),
+      feature_group_count=groups, precision=precision)
+
+
+def _fft_conv(x, kernel, strides, pads, groups, channels_first, precision):
+  """Valid cross-correlation of the zero-padded `x` via real FFTs."""
+  ndim = kernel.ndim - 2
+  sp_axes = _spatial_axes(ndim, channels_first)
+  kernel_axes = tuple(range(2, kernel.ndim))
+  compute_dtype = jnp.float64 if x.dtype == jnp.float64 else jnp.float32
+  xp = jnp.pad(x.astype(compute_dtype), _pad_width(x.ndim, sp_axes, pads))
+  padded = [xp.shape[a] for a in sp_axes]
+  fft_shape = [_fast_fft_size(n) for n in padded]
+
+  # FFT(correlation of x and k) = FFT(x) * conj(FFT(k)). As fft_shape >= padded,
+  # the outputs [0, padded - d] kept below do not wrap around.
+  x_freq = jnp.fft.rfftn(xp, s=fft_shape, axes=sp_axes)
+  k_freq = jnp.conj(jnp.fft.rfftn(kernel.astype(compute_dtype), s=fft_shape,
+                                  axes=kernel_axes))
+  y_freq = _contract_channels(x_freq, k_freq, groups, channels_first,
+                              precision)
+  y = jnp.fft.irfftn(y_freq, s=fft_shape, axes=sp_axes)
+
+  start, limit, step = [0] * y.ndim, list(y.shape), [1] * y.ndim
+  for a, n, d, s in zip(sp_axes, padded, kernel.shape[2:], strides):
+    limit[a], step[a] = n - d + 1, s
+  return lax.slice(y, start, limit, step).astype(x.dtype)
+
+
+def _contract_channels(x_freq, k_freq, groups, channels_first, precision):
+  """Per-frequency grouped channel contraction.
+
+  Args:
+    x_freq: (N, *F, C) or (N, C, *F) spectrum of the input.
+    k_freq: (O, Cg, *F) conjugated spectrum of the kernel.
+  Returns:
+    (N, *F, O) or (N, O, *F).
+  """
+  out_channels, group_channels, *freq = k_freq.shape
+  k_freq = k_freq.reshape(groups, out_channels // groups, group_channels,
+                          *freq)  # (G, O/G, Cg, *F)
+  if group_channels == 1:
+    # Depthwise or channel multiplier: an explicit broadcast product rather
+    # than a batched matmul with contraction size 1, which only the compiler
+    # can turn back into one (XLA:CPU does today; both timed the same).
+    k_freq = k_freq[:, :, 0]  # (G, O/G, *F)
+    if channels_first:
+      y_freq = x_freq[:, :, None] * k_freq  # (N, G, O/G, *F)
+    else:
+      y_freq = x_freq[..., None] * jnp.moveaxis(k_freq, (0, 1), (-2, -1))
+  else:
+    f = "xyz"[:len(freq)]
+    if channels_first:
+      x_freq = _split_axis(x_freq, 1, (groups, group_channels))
+      spec = f"ngc{f},goc{f}->ngo{f}"
+    else:
+      x_freq = _split_axis(x_freq, x_freq.ndim - 1, (groups, group_channels))
+      spec = f"n{f}gc,goc{f}->n{f}go"
+    y_freq = jnp.einsum(spec, x_freq, k_freq, precision=precision)
+  # Merge (G, O/G) into O.
+  g_axis = 1 if channels_first else y_freq.ndim - 2
+  return y_freq.reshape(y_freq.shape[:g_axis] + (-1,)
+                        + y_freq.shape[g_axis + 2:])
+
+
+def _split_axis(x, axis, sizes):
+  return x.reshape(x.shape[:axis] + tuple(sizes) + x.shape[axis + 1:])
+
+
+def _pad_with_mode(x, pads, sp_axes, padding_mode):
+  """Pads the spatial axes with a torch padding mode."""
+  if padding_mode == "reflect":
+    for a, (lo, hi) in zip(sp_axes, pads):
+      if max(lo, hi) >= x.shape[a]:
+        raise ValueError(
+            f"padding={pads} with padding_mode='reflect' needs pads smaller"
+            f" than the input spatial size {x.shape[a]}.")
+  return jnp.pad(x, _pad_width(x.ndim, sp_axes, pads),
+                 mode=_NUMPY_PAD_MODES[padding_mode])
+
+
+def _pad_width(rank, sp_axes, pads):
+  """`jnp.pad` widths: `pads` on the spatial axes, none elsewhere."""
+  width = [(0, 0)] * rank
+  for a, p in zip(sp_axes, pads):
+    width[a] = p
+  return width
+
+
+def _check_shapes(x_shape, kernel_shape, groups, channels_first):
+  if len(kernel_shape) not in (3, 4, 5):
+    raise ValueError(f"kernel.shape={tuple(kernel_shape)}: expected (O, C_in //"
+                     " G, *kernel_spatial) with 1, 2 or 3 spatial dims.")
+  if len(x_shape) != len(kernel_shape):
+    raise ValueError(f"x.shape={tuple(x_shape)} and kernel.shape="
+                     f"{tuple(kernel_shape)}: expected x rank == kernel rank"
+                     f" == {len(kernel_shape)}.")
+  if not _is_int(groups) or groups < 1:
+    raise ValueError(f"feature_group_count={groups!r}: expected an int >= 1.")
+  in_channels = x_shape[1 if channels_first else -1]
+  if in_channels != kernel_shape[1] * groups:
+    raise ValueError(
+        f"x has {in_channels} channels: expected kernel.shape[1] *"
+        f" feature_group_count = {kernel_shape[1]} * {groups}"
+        f" = {kernel_shape[1] * groups}.")
+  if kernel_shape[0] % groups:
+    raise ValueError(f"kernel.shape[0]={kernel_shape[0]} (output channels):"
+                     f" expected a multiple of feature_group_count={groups}.")
+
+
+def _normalize_strides(strides, ndim):
+  try:
+    normalized = (strides,) * ndim if _is_int(strides) else tuple(strides)
+  except TypeError:
+    normalized = ()
+  if len(normalized) != ndim or not all(
+      _is_int(s) and s >= 1 for s in normalized):
+    raise ValueError(f"strides={strides!r}: expected an int >= 1 or {ndim}"
+                     " of them.")
+  return tuple(int(s) for s in normalized)
+
+
+def _is_int(x):
+  return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _spatial_axes(ndim, channels_first):
+  return tuple(range(2, 2 + ndim)) if channels_first else tuple(
+      range(1, 1 + ndim))
+
+
+def _fast_fft_size(n):
+  """Smallest 2,3,5-smooth integer >= n."""
+  while True:
+    m = n
+    for p in (2, 3, 5):
+      while m % p == 0:
+        m //= p
+    if m == 1:
+      return n
+    n += 1

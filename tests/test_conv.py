@@ -1,0 +1,258 @@
+"""Tests for dcls_jax.conv: the FFT algorithm against the direct one and torch.
+
+Tolerance. Direct convolution is exact up to float summation order. FFT
+convolution rounds in the transforms, and those errors spread over all outputs:
+an output's error is of order eps * log2(P) * sum_tau |x| |k| (P FFT points,
+eps = 6e-8 the float32 unit round-off), not relative to the output itself. So
+we compare against ATOL * scale, where `scale` is the same convolution of |x|
+with |k| (for gradients, the same vjp of |cotangent| through |k| or |x|). With
+log2(P) <= 10 here that bound is ~6e-7; the measured errors are <= 2e-7 of scale
+on these cases and 1e-7 on ConvNeXt-size layers (where the float32 direct
+reference itself errs by up to 2.4e-7). ATOL = 1e-5 leaves a wide margin and
+still fails on any indexing, flip or padding bug (errors of order 1).
+"""
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dcls_jax.conv import ALGORITHMS, choose_algorithm, conv, resolve_padding
+
+ATOL = 1e-5
+
+# (input spatial, C_in, O, kernel spatial, groups, strides, padding, mode)
+CASES = [
+    ((11,), 4, 6, (3,), 1, 1, "SAME", "zeros"),
+    ((11,), 4, 6, (4,), 2, 2, "valid", "reflect"),
+    ((10,), 4, 4, (5,), 4, 1, 2, "circular"),
+    ((7,), 3, 6, (12,), 3, 1, [(6, 5)], "zeros"),  # kernel > input
+    ((9,), 2, 4, (6,), 1, 3, "SAME", "replicate"),
+    ((9, 8), 4, 4, (3, 3), 1, 1, "SAME", "zeros"),
+    ((9, 8), 4, 8, (4, 5), 2, (2, 1), "SAME", "replicate"),
+    ((9, 8), 6, 6, (7, 7), 6, 1, (3, 4), "circular"),  # depthwise
+    ((9, 8), 6, 6, (7, 6), 6, 1, (3, 4), "reflect"),
+    ((6, 5), 4, 4, (9, 8), 4, 2, "SAME", "zeros"),  # kernel > input
+    ((6, 5), 2, 6, (3, 4), 2, 1, ((1, 2), (0, 3)), "zeros"),  # multiplier 3
+    ((5, 6, 7), 2, 4, (3, 2, 3), 1, 1, "SAME", "reflect"),
+    ((5, 6, 7), 4, 4, (4, 3, 5), 4, (1, 2, 2), ((1, 2), (0, 3), (2, 2)),
+     "zeros"),
+    ((5, 6, 7), 4, 2, (3, 3, 3), 2, 2, "VALID", "circular"),
+    ((4, 5, 3), 3, 3, (6, 7, 5), 3, 1, "SAME", "replicate"),  # kernel > input
+]
+
+
+def _case_id(case):
+  spatial, c, o, d, g, s, p, mode = case
+  return f"{len(spatial)}d-d{d}-g{g}-s{s}-{p}-{mode}".replace(" ", "")
+
+
+def _inputs(case, channels_first, seed=0):
+  spatial, c, o, d, g, *_ = case
+  rng = np.random.default_rng(seed)
+  x = rng.standard_normal((2, *spatial, c)).astype(np.float32)
+  if channels_first:
+    x = np.moveaxis(x, -1, 1)
+  k = rng.standard_normal((o, c // g, *d)).astype(np.float32)
+  return jnp.asarray(x), jnp.asarray(k)
+
+
+def _kwargs(case, channels_first):
+  *_, g, s, p, mode = case
+  return dict(strides=s, padding=p, feature_group_count=g, padding_mode=mode,
+              channels_first=channels_first)
+
+
+def _direct(x, k, **kw):
+  return conv(x, k, algorithm="direct", precision=lax.Precision.HIGHEST, **kw)
+
+
+def _assert_close(actual, expected, scale):
+  actual, expected = np.asarray(actual), np.asarray(expected)
+  assert actual.shape == expected.shape
+  np.testing.assert_allclose(actual, expected, rtol=0,
+                             atol=ATOL * float(np.max(scale)))
+
+
+@pytest.mark.parametrize("channels_first", [False, True])
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_fft_matches_direct(case, channels_first):
+  x, k = _inputs(case, channels_first)
+  kw = _kwargs(case, channels_first)
+
+  @jax.jit
+  def run(x, k):
+    return (conv(x, k, algorithm="fft", **kw), _direct(x, k, **kw),
+            _direct(jnp.abs(x), jnp.abs(k), **kw))
+
+  with jax.default_matmul_precision("highest"):
+    _assert_close(*run(x, k))
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_fft_gradients_match_direct(case):
+  x, k = _inputs(case, channels_first=False)
+  kw = _kwargs(case, channels_first=False)
+  r = np.random.default_rng(1).standard_normal(
+      jax.eval_shape(lambda x, k: _direct(x, k, **kw), x, k).shape)
+
+  @jax.jit
+  def run(x, k, r):
+    loss = lambda x, k, a: jnp.sum(conv(x, k, algorithm=a, **kw) * r)
+    grads = {a: jax.grad(loss, argnums=(0, 1))(x, k, a) for a in ALGORITHMS}
+    # conv is bilinear: the vjp at (|x|, |k|) of |r| is the absolute scale.
+    _, vjp = jax.vjp(lambda x, k: _direct(x, k, **kw), jnp.abs(x), jnp.abs(k))
+    return grads["fft"], grads["direct"], vjp(jnp.abs(r))
+
+  with jax.default_matmul_precision("highest"):
+    for actual, expected, scale in zip(*run(x, k, r.astype(np.float32))):
+      _assert_close(actual, expected, scale)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_matches_torch(ndim, mode, algorithm):
+  torch = pytest.importorskip("torch")
+  f = torch.nn.functional
+  spatial, d = (7, 6, 5)[:ndim], (4, 3, 3)[:ndim]
+  pads = ((2, 1), (1, 2), (0, 2))[:ndim]
+  strides = (2, 1, 2)[:ndim]
+  groups, channels = 2, 4
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((2, channels, *spatial)).astype(np.float32)
+  k = rng.standard_normal((6, channels // groups, *d)).astype(np.float32)
+
+  torch_pad = [p for lo_hi in reversed(pads) for p in lo_hi]
+  xt = f.pad(torch.from_numpy(x).double(), torch_pad,
+             mode="constant" if mode == "zeros" else mode)
+  torch_conv = (f.conv1d, f.conv2d, f.conv3d)[ndim - 1]
+  expected = torch_conv(xt, torch.from_numpy(k).double(), stride=strides,
+                        groups=groups).numpy()
+  scale = torch_conv(xt.abs(), torch.from_numpy(np.abs(k)).double(),
+                     stride=strides, groups=groups).numpy()
+
+  actual = conv(x, k, strides=strides, padding=pads, feature_group_count=groups,
+                padding_mode=mode, channels_first=True, algorithm=algorithm)
+  _assert_close(actual, expected, scale)
+
+
+def test_jit_and_vmap():
+  x, k = _inputs(CASES[6], channels_first=False)
+  kw = _kwargs(CASES[6], channels_first=False)
+  f = lambda x: conv(x, k, algorithm="fft", **kw)
+  xs = jnp.stack([x, 2 * x, -x])
+  expected = jnp.stack([f(xi) for xi in xs])
+  np.testing.assert_allclose(jax.jit(jax.vmap(f))(xs), expected, rtol=1e-6,
+                             atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_fft_low_precision_returns_input_dtype(dtype):
+  x, k = _inputs(CASES[7], channels_first=False)
+  x, k = x.astype(dtype), k.astype(dtype)
+  kw = _kwargs(CASES[7], channels_first=False)
+  actual = conv(x, k, algorithm="fft", **kw)
+  assert actual.dtype == dtype
+  # Computed in float32: only the final rounding to `dtype` (eps / 2) remains.
+  x32, k32 = x.astype(jnp.float32), k.astype(jnp.float32)
+  scale = np.max(_direct(jnp.abs(x32), jnp.abs(k32), **kw))
+  np.testing.assert_allclose(actual.astype(jnp.float32),
+                             _direct(x32, k32, **kw),
+                             rtol=float(jnp.finfo(dtype).eps),
+                             atol=ATOL * scale)
+
+
+def test_fft_float64():
+  with jax.enable_x64(True):
+    x, k = _inputs(CASES[12], channels_first=False)
+    x, k = x.astype(jnp.float64), k.astype(jnp.float64)
+    kw = _kwargs(CASES[12], channels_first=False)
+    actual = conv(x, k, algorithm="fft", **kw)
+    assert actual.dtype == jnp.float64
+    expected = conv(x, k, algorithm="direct", **kw)
+    scale = np.max(conv(jnp.abs(x), jnp.abs(k), algorithm="direct", **kw))
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-13 * scale)
+
+
+def test_fft_depthwise_is_elementwise():
+  """Depthwise spectra are multiplied elementwise, not by a size-1 matmul."""
+  x = jax.ShapeDtypeStruct((8, 56, 56, 96), jnp.float32)
+  k = jax.ShapeDtypeStruct((96, 1, 17, 17), jnp.float32)
+  f = lambda x, k: conv(x, k, padding="SAME", feature_group_count=96,
+                        algorithm="fft")
+  assert "dot_general" not in str(jax.make_jaxpr(jax.grad(
+      lambda x, k: jnp.sum(f(x, k)), argnums=(0, 1)))(x, k))
+
+
+@pytest.mark.parametrize("kernel_shape,groups", [
+    ((96, 96, 3, 3), 1), ((96, 1, 3, 3), 96), ((96, 96, 1, 1), 1),
+    ((96, 1, 1, 1), 96)])
+def test_choose_algorithm_small_kernels_stay_direct(kernel_shape, groups):
+  assert choose_algorithm((8, 58, 58, 96), kernel_shape, strides=1,
+                          feature_group_count=groups, backend="cpu") == "direct"
+
+
+def test_choose_algorithm_large_depthwise_uses_fft_on_cpu():
+  kwargs = dict(strides=1, feature_group_count=96)
+  padded = (8, 56 + 16, 56 + 16, 96)
+  assert choose_algorithm(padded, (96, 1, 17, 17), backend="cpu",
+                          **kwargs) == "fft"
+  assert choose_algorithm(padded, (96, 1, 17, 17), backend="gpu",
+                          **kwargs) == "direct"
+  assert choose_algorithm((8, 96, 72, 72), (96, 1, 17, 17), backend="cpu",
+                          channels_first=True, **kwargs) == "fft"
+
+
+@pytest.mark.parametrize("kernel_size,primitive", [
+    (3, "conv_general_dilated"), (17, "fft")])
+def test_auto_dispatches_on_cpu(kernel_size, primitive):
+  if jax.default_backend() != "cpu":
+    pytest.skip("the cost model is CPU-only")
+  x = jax.ShapeDtypeStruct((8, 56, 56, 96), jnp.float32)
+  k = jax.ShapeDtypeStruct((96, 1, kernel_size, kernel_size), jnp.float32)
+  jaxpr = jax.make_jaxpr(lambda x, k: conv(
+      x, k, padding="SAME", feature_group_count=96))(x, k)
+  assert primitive in str(jaxpr)
+
+
+def test_resolve_padding():
+  assert resolve_padding("VALID", (10, 9), (3, 4), 1) == ((0, 0), (0, 0))
+  # SAME: out = ceil(10 / 3) = 4, total pad = 3 * 3 + 4 - 10 = 3, odd on high.
+  assert resolve_padding("same", (10,), (4,), 3) == ((1, 2),)
+  assert resolve_padding("SAME", (10, 9), (3, 4), (1, 2)) == tuple(
+      map(tuple, lax.padtype_to_pads((10, 9), (3, 4), (1, 2), "SAME")))
+  assert resolve_padding(2, (10, 9), (3, 4), 1) == ((2, 2), (2, 2))
+  assert resolve_padding((1, 2), (10, 9), (3, 4), 1) == ((1, 1), (2, 2))
+  assert resolve_padding([(1, 2), [0, 3]], (10, 9), (3, 4), 1) == (
+      (1, 2), (0, 3))
+
+
+@pytest.mark.parametrize("padding", [
+    "FULL", (1, 2, 3), -1, (1, -1), ((1, 2), (3,)), ((1, 2),), 1.5])
+def test_resolve_padding_rejects(padding):
+  with pytest.raises(ValueError, match="padding"):
+    resolve_padding(padding, (10, 9), (3, 4), 1)
+
+
+@pytest.mark.parametrize("x_shape,k_shape,kwargs,match", [
+    ((2, 8, 4), (4, 4, 3, 3), {}, r"x\.shape.*kernel\.shape.*rank"),
+    ((2, 8, 8, 4, 4, 4), (4, 4, 3, 3, 3, 3), {}, r"kernel\.shape"),
+    ((2, 8, 8, 6), (4, 4, 3, 3), {}, "feature_group_count"),
+    ((2, 8, 8, 4), (6, 1, 3, 3), {"feature_group_count": 4},
+     r"kernel\.shape\[0\]"),
+    ((2, 8, 8, 4), (4, 4, 3, 3), {"feature_group_count": 0},
+     "feature_group_count"),
+    ((2, 8, 8, 4), (4, 4, 3, 3), {"algorithm": "winograd"}, "algorithm"),
+    ((2, 8, 8, 4), (4, 4, 3, 3), {"padding_mode": "mirror"}, "padding_mode"),
+    ((2, 8, 8, 4), (4, 4, 3, 3), {"strides": 0}, "strides"),
+    ((2, 8, 8, 4), (4, 4, 3, 3), {"strides": (1, 1, 1)}, "strides"),
+    ((2, 8, 8, 4), (4, 4, 3, 3), {"padding": "full"}, "padding"),
+    ((2, 8, 8, 4), (4, 4, 3, 3), {"padding": 8, "padding_mode": "reflect"},
+     "padding.*reflect"),
+    ((2, 8, 8, 4), (4, 4, 11, 3), {"padding": 1}, "padding.*kernel"),
+])
+def test_conv_rejects(x_shape, k_shape, kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    conv(jnp.zeros(x_shape), jnp.zeros(k_shape), **kwargs)
