@@ -75,6 +75,9 @@ def spec_from_reference(class_name: str, kwargs: Mapping[str, Any], *, channels_
   unknown = set(kwargs) - _REFERENCE_KWARGS
   if unknown:
     raise ValueError(f"kwargs has arguments the reference {class_name} does not take: {sorted(unknown)}")
+  missing = {"in_channels", "out_channels", "kernel_count"} - set(kwargs)
+  if missing:
+    raise ValueError(f"kwargs must give {sorted(missing)} for a reference {class_name}")
   version = kwargs.get("version", default_version)
   dilated = kwargs.get("dilated_kernel_size", 1)
   extra = {}
@@ -169,6 +172,8 @@ def gradients_to_reference(class_name: str, kwargs: Mapping[str, Any],
   names = {"weight": "weight", "positions": "P", "sigmas": "SIG", "bias": "bias"}
   out = {}
   for name, grad in grads.items():
+    if name not in names:
+      raise ValueError(f"grads has an unknown parameter {name!r}; expected some of {sorted(names)}")
     if grad is None:
       continue
     grad = _to_numpy(grad)
@@ -177,6 +182,10 @@ def gradients_to_reference(class_name: str, kwargs: Mapping[str, Any],
 
 
 def _to_numpy(value) -> np.ndarray:
+  """Torch tensors and arrays to numpy; bfloat16/float16 tensors become float32 (numpy has no bfloat16)."""
   if hasattr(value, "detach"):  # a torch tensor
-    value = value.detach().cpu().numpy()
+    value = value.detach().cpu()
+    if value.is_floating_point() and value.element_size() < 4:
+      value = value.float()
+    value = value.numpy()
   return np.asarray(value)

@@ -9,7 +9,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
-# torch first, pinned to the CPU wheel: dcls==0.1.1 depends on an unpinned torch.
+# torch first, pinned to the local CPU wheel: an unpinned torch would resolve to a CUDA build of several GB.
 if "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
   "$VENV/bin/python" -m pip install -q "torch==2.13.0"
   EXTRAS="test,torch"

@@ -358,3 +358,17 @@ def test_state_dict_entry_of_wrong_shape_raises_naming_it(entry, shape):
   state[entry] = np.zeros(shape, np.float32)
   with pytest.raises(ValueError, match=rf"state_dict\['{entry}'\]"):
     torch_io.params_from_reference("Dcls2d", kwargs, state)
+
+
+def test_bfloat16_reference_state_imports_as_float32():
+  torch = pytest.importorskip("torch")
+  kwargs = dict(in_channels=2, out_channels=2, kernel_count=3, dilated_kernel_size=5, version="gauss")
+  state = {"weight": torch.ones(2, 2, 3, dtype=torch.bfloat16), "P": torch.zeros(2, 2, 2, 3, dtype=torch.bfloat16),
+           "SIG": torch.zeros(2, 2, 2, 3, dtype=torch.bfloat16), "bias": torch.zeros(2, dtype=torch.bfloat16)}
+  params = torch_io.params_from_reference("Dcls2d", kwargs, state)
+  assert params["weight"].dtype == np.float32
+
+
+def test_missing_reference_kwarg_is_named():
+  with pytest.raises(ValueError, match="kernel_count"):
+    torch_io.spec_from_reference("Dcls1d", dict(in_channels=1, out_channels=1))
