@@ -18,13 +18,9 @@ import sys
 from typing import Callable, Mapping
 
 import jax
+import numpy as np
 
-jax.config.update("jax_enable_x64", True)  # float64 fixtures; float32 ones are computed in float32
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from models import dcls_layer  # noqa: E402
+from models import dcls_layer
 
 ARCHS: dict[str, Callable[[Mapping, Mapping[str, np.ndarray]], dict[str, np.ndarray]]] = {
     "dcls_layer": dcls_layer.run_fixture,
@@ -55,7 +51,8 @@ def compute(meta: Mapping, arrays: Mapping[str, np.ndarray]) -> dict[str, np.nda
   dtype = meta.get("dtype", "float32")
   if dtype not in ("float32", "float64"):
     raise UnsupportedFixture(f"meta.dtype must be float32 or float64, got {dtype!r}")
-  with jax.default_matmul_precision("highest"):
+  # x64 for float64 fixtures (float32 ones are computed in float32), scoped so importers are unaffected.
+  with jax.enable_x64(True), jax.default_matmul_precision("highest"):
     try:
       return ARCHS[arch](meta, arrays)
     except (KeyError, ValueError, NotImplementedError) as e:
