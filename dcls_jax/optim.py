@@ -93,15 +93,18 @@ def dcls_param_labels(params: Any,
 
 def weight_decay_mask(params: Any,
                       *,
-                      no_decay_names: Sequence[str] = (POSITIONS, SIGMAS, "bias", "scale")) -> Any:
+                      no_decay_names: Sequence[str] = (POSITIONS, SIGMAS, "bias", "scale"),
+                      decay_vectors: bool = False) -> Any:
   """``mask`` for ``optax.adamw`` / ``optax.add_decayed_weights``: True = decayed.
 
-  False for leaves named in ``no_decay_names`` (DCLS positions and sigmas, biases, norm scales) and for every
-  leaf with ndim <= 1 (biases, norm scales, layer-scale gammas), the timm / ConvNeXt-dcls rule. DCLS ``weight``
-  (O, Cg, Kc) is decayed, as in the reference.
+  False for leaves named in ``no_decay_names`` (DCLS positions and sigmas, biases, norm scales) and, unless
+  ``decay_vectors``, for every leaf with ndim <= 1 (biases, norm scales, layer-scale gammas), the timm /
+  ConvNeXt-dcls rule. DCLS ``weight`` (O, Cg, Kc) is decayed, as in the reference. ``decay_vectors=True`` with
+  ``no_decay_names=()`` decays every leaf (the SE-ResNet recipe's L2 on all parameters).
   """
   return jax.tree_util.tree_map_with_path(
-      lambda path, leaf: _param_name(path) not in no_decay_names and jnp.ndim(leaf) > 1, params)
+      lambda path, leaf: _param_name(path) not in no_decay_names and (decay_vectors or jnp.ndim(leaf) > 1),
+      params)
 
 
 def scale_dcls_learning_rates(position_multiplier: float = 5.0,
