@@ -1,0 +1,119 @@
+"""The loader: batches of a random-access source, a pure function of (seed, epoch, step), sharded over processes.
+
+Order. Epoch e visits the N records of the source in a permutation fixed by (seed, e) alone (the identity when
+not shuffling). With B the per-process batch size and P the process count, step s of the epoch covers the
+positions [s * B * P, (s + 1) * B * P) of the permutation, and process p takes the p-th run of B of them. The P
+per-process batches of a step, concatenated in process order, are thus the batch one process with batch size
+B * P sees: the data of a run does not depend on how many processes feed it, and the shards of an epoch are
+disjoint and cover it.
+
+Randomness. Each example is transformed with its own ``np.random.Generator`` seeded by (seed, epoch, record index),
+so the augmentation, like the order, is fixed by the position in the run: ``epoch(e, s)`` resumes a killed run at
+step s of epoch e with exactly the batches the uninterrupted run saw.
+
+Batches. Dicts of numpy arrays with a leading batch axis of size B: the transform's outputs stacked, and ``mask``
+(B,) bool, True for real examples. With ``drop_remainder`` an epoch has floor(N / (B * P)) steps and every mask is
+True. Without it, ceil(N / (B * P)) steps and the last one is padded to full batches with repeated records marked
+False in ``mask``: shapes stay constant (no recompilation) and every process runs the same number of steps.
+Weigh metrics by ``mask``.
+
+grain does the lazy permutation (an index shuffle: no table of N indices), the batch reading in a background
+thread with a buffer of ``prefetch`` batches, and, with ``worker_count`` > 0, worker processes.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, Iterator, Sequence
+
+import grain
+import numpy as np
+
+Example = dict[str, np.ndarray]
+# transform(example, rng) -> example: a flat dict of numpy arrays of fixed shapes, drawing randomness from rng only.
+Transform = Callable[[Example, np.random.Generator], Example]
+MASK = "mask"
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _read(source: Sequence[Example], records: list[int]) -> list[Example]:
+  """The examples at ``records``, in one batched read where the source supports it (tfds data sources do)."""
+  read_many = getattr(source, "__getitems__", None)
+  return list(read_many(records)) if read_many is not None else [source[record] for record in records]
+
+
+def _stack(examples: list[Example]) -> Example:
+  return {key: np.stack([example[key] for example in examples]) for key in examples[0]}
+
+
+class Pipeline:
+  """Batches of ``source`` for one process; see the module docstring for the order, randomness and padding.
+
+  Args:
+    source: random-access records: ``len(source)`` and ``source[i]`` (a tfds data source, or a list of dicts).
+    batch_size: the per-PROCESS batch size B (the global batch size divided by ``process_count``).
+    seed: non-negative; fixes the order and the augmentation of every epoch.
+    shuffle: permute the records in each epoch (training); False: source order (evaluation).
+    drop_remainder: drop the records after the last full global batch (training); False: pad (evaluation).
+    transform: ``transform(example, rng) -> example``, per example, in the loader's thread or workers.
+    process_index, process_count: this process and the number of processes sharing the epoch.
+    prefetch: batches read ahead in a background thread (0: read on demand, in the caller's thread).
+    worker_count: worker processes producing batches (0: none); ``source`` and ``transform`` must pickle.
+  """
+
+  def __init__(self, source: Sequence[Example], *, batch_size: int, seed: int, shuffle: bool,
+               drop_remainder: bool, transform: Transform, process_index: int = 0, process_count: int = 1,
+               prefetch: int = 2, worker_count: int = 0):
+    _check_int("batch_size", batch_size, 1)
+    _check_int("seed", seed, 0)
+    _check_int("process_count", process_count, 1)
+    _check_int("process_index", process_index, 0)
+    _check_int("prefetch", prefetch, 0)
+    _check_int("worker_count", worker_count, 0)
+    if process_index >= process_count:
+      raise ValueError(f"process_index must be < process_count={process_count}, got {process_index}")
+    if not callable(transform):
+      raise ValueError(f"transform must be callable(example, rng) -> example, got {transform!r}")
+    num_records, global_batch_size = len(source), batch_size * process_count
+    if num_records == 0 or (drop_remainder and num_records < global_batch_size):
+      raise ValueError(f"batch_size * process_count = {global_batch_size} exceeds the {num_records} records of "
+                       "the source: an epoch would have no full batch")
+
+    self._source, self._transform = source, transform
+    self._batch_size, self._seed, self._shuffle = batch_size, seed, shuffle
+    self._process_index, self._process_count = process_index, process_count
+    self._prefetch, self._worker_count = prefetch, worker_count
+    self._num_records = num_records
+    self.steps_per_epoch: int = (num_records // global_batch_size if drop_remainder
+                                 else -(-num_records // global_batch_size))
+
+  def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Example]:
+    """The batches of ``epoch`` from step ``start_step`` on: ``steps_per_epoch - start_step`` of them."""
+    _check_int("epoch", epoch, 0)
+    _check_int("start_step", start_step, 0)
+    if start_step > self.steps_per_epoch:
+      raise ValueError(f"start_step must be <= steps_per_epoch={self.steps_per_epoch}, got {start_step}")
+    order = grain.MapDataset.range(self._num_records)
+    if self._shuffle:
+      order = order.shuffle(seed=int(np.random.SeedSequence((self._seed, epoch)).generate_state(1)[0]))
+    batches = grain.MapDataset.range(start_step, self.steps_per_epoch).map(
+        functools.partial(self._load_batch, epoch, order))
+    loader = batches.to_iter_dataset(
+        grain.ReadOptions(num_threads=min(self._prefetch, 1), prefetch_buffer_size=self._prefetch))
+    if self._worker_count:
+      loader = loader.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._worker_count))
+    return iter(loader)
+
+  def _load_batch(self, epoch: int, order: grain.MapDataset, step: int) -> Example:
+    """This process's batch of ``step``: positions wrap around the epoch to pad, masked off."""
+    first = (step * self._process_count + self._process_index) * self._batch_size
+    positions = range(first, first + self._batch_size)
+    records = [order[position % self._num_records] for position in positions]
+    examples = _read(self._source, records)
+    batch = _stack([self._transform(example, np.random.default_rng((self._seed, epoch, record)))
+                    for example, record in zip(examples, records)])
+    batch[MASK] = np.array([position < self._num_records for position in positions])
+    return batch
