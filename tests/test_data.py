@@ -12,7 +12,7 @@ from ml_collections import ConfigDict
 
 from train import data
 from train.data import digits
-from train.data.pipeline import Pipeline
+from train.data.pipeline import ExampleRandom, Pipeline
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -89,22 +89,35 @@ def test_bad_csv_raises(tmp_path):
 # ---- the digits transform --------------------------------------------------------------------------
 
 def test_translate_moves_pixels_and_fills_with_zeros():
-  image = np.zeros((8, 8, 1), np.float32)
-  image[2, 3] = 1.0
-  moved = digits.translate(image, 1, -2)
-  assert moved.shape == (8, 8, 1) and moved[3, 1, 0] == 1.0 and moved.sum() == 1.0
-  assert digits.translate(image, -3, 0).sum() == 0.0  # pushed off the top
+  images = np.zeros((3, 8, 8, 1), np.float32)
+  images[:, 2, 3] = 1.0
+  moved = digits.translate(images, np.array([1, -3, 0]), np.array([-2, 0, 0]))
+  assert moved.shape == (3, 8, 8, 1) and moved[0, 3, 1, 0] == 1.0 and moved[0].sum() == 1.0
+  assert moved[1].sum() == 0.0  # pushed off the top
+  np.testing.assert_array_equal(moved[2], images[2])
 
 
 def test_transform_scales_pixels_and_translates_only_for_training():
-  example = {"image": np.full((8, 8, 1), 16, np.uint8), "label": np.int64(7)}
+  batch = {"image": np.full((20, 8, 8, 1), 16, np.uint8), "label": np.full((20,), 7, np.int64)}
+  random = ExampleRandom(seed=0, epoch=0, records=np.arange(20))
   config = ConfigDict({"name": "digits", "max_translation": 1})
-  evaluated = data.get_transform(config, train=False)(example, np.random.default_rng(0))
-  np.testing.assert_array_equal(evaluated["image"], np.ones((8, 8, 1), np.float32))
+  evaluated = data.get_transform(config, train=False)(batch, random)
+  np.testing.assert_array_equal(evaluated["image"], np.ones((20, 8, 8, 1), np.float32))
   assert evaluated["image"].dtype == np.float32 and evaluated["label"].dtype == np.int32
-  train_transform = data.get_transform(config, train=True)
-  sums = {float(train_transform(example, np.random.default_rng(seed))["image"].sum()) for seed in range(20)}
+  sums = set(data.get_transform(config, train=True)(batch, random)["image"].sum(axis=(1, 2, 3)).tolist())
   assert sums - {64.0} and sums <= {64.0, 56.0, 49.0}  # some shifted by one row and/or column
+
+
+def test_example_randomness_depends_on_the_example_not_its_batch():
+  random = ExampleRandom(seed=3, epoch=1, records=np.array([5, 9, 2]))
+  alone = ExampleRandom(seed=3, epoch=1, records=np.array([9]))
+  assert random.uniform(0)[1] == alone.uniform(0)[0]
+  assert random.uniform(0)[1] != random.uniform(1)[1]  # draws are independent quantities
+  assert ExampleRandom(seed=4, epoch=1, records=np.array([9])).uniform(0)[0] != alone.uniform(0)[0]
+  assert ExampleRandom(seed=3, epoch=2, records=np.array([9])).uniform(0)[0] != alone.uniform(0)[0]
+  values = ExampleRandom(seed=0, epoch=0, records=np.arange(20000)).integers(0, -1, 2)
+  assert set(values.tolist()) == {-1, 0, 1}
+  np.testing.assert_allclose(np.bincount(values + 1) / 20000, 1 / 3, atol=0.02)
 
 
 def test_bad_max_translation_raises():
@@ -150,9 +163,9 @@ def test_no_tensorflow_is_imported(tiny_config):
 RECORDS = [{"id": np.int64(i)} for i in range(23)]
 
 
-def tag(example, rng):
-  """Keeps the record id and draws one number: the example's augmentation randomness."""
-  return {"id": example["id"], "noise": rng.random()}
+def tag(batch, random):
+  """Keeps the record ids and draws one number per example: its augmentation randomness."""
+  return {"id": batch["id"], "noise": random.uniform(0)}
 
 
 def make(**overrides):
@@ -237,3 +250,9 @@ def test_bad_pipeline_arguments_raise(overrides, message):
 def test_start_step_past_the_epoch_raises():
   with pytest.raises(ValueError, match="start_step must be <= steps_per_epoch=5"):
     make().epoch(0, start_step=6)
+
+
+def test_a_cached_pipeline_gives_the_same_batches():
+  assert_same_batches(list(make(cache=True).epoch(4)), list(make().epoch(4)))
+  assert_same_batches(list(make(cache=True, drop_remainder=False).epoch(0)),
+                      list(make(drop_remainder=False).epoch(0)))

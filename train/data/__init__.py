@@ -36,7 +36,7 @@ class DatasetEntry:
   """What the framework knows of one dataset.
 
   builder: the tfds builder class (prepared with ``file_format='array_record'``).
-  make_transform: ``(dataset_config, *, train) -> Transform``, the per-example preprocessing (and augmentation when
+  make_transform: ``(dataset_config, *, train) -> Transform``, the batch preprocessing (and augmentation when
     ``train``).
   default_manual_dir: returns the source folder used when ``config.dataset.manual_dir`` is None; None: tfds'.
   """

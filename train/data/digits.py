@@ -23,6 +23,8 @@ import tensorflow_datasets as tfds
 from etils import epath
 from ml_collections import ConfigDict
 
+from train.data import pipeline
+
 FILE_NAME = "digits.csv.gz"
 IMAGE_SHAPE = (8, 8, 1)
 PIXEL_MAX = 16
@@ -94,16 +96,20 @@ class Digits(tfds.core.GeneratorBasedBuilder):
       yield int(row), {"image": images[row], "label": int(labels[row])}
 
 
-def translate(image: np.ndarray, shift_down: int, shift_right: int) -> np.ndarray:
-  """(H, W, C) image moved down / right by whole pixels (negative: up / left); vacated pixels are 0."""
-  height, width = image.shape[:2]
-  pad = max(abs(shift_down), abs(shift_right))
-  padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
-  return padded[pad - shift_down:pad - shift_down + height, pad - shift_right:pad - shift_right + width]
+def translate(images: np.ndarray, shift_down: np.ndarray, shift_right: np.ndarray) -> np.ndarray:
+  """(B, H, W, C) images, each moved down / right by its whole-pixel shifts (B,) (negative: up / left); vacated
+  pixels are 0. Shifts of a full image size or more empty it."""
+  batch, height, width = images.shape[:3]
+  pad = int(max(np.abs(shift_down).max(initial=0), np.abs(shift_right).max(initial=0), 0))
+  pad = min(pad, max(height, width))
+  padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  rows = np.clip(pad - np.asarray(shift_down)[:, None], 0, 2 * pad) + np.arange(height)  # (B, H) source rows
+  cols = np.clip(pad - np.asarray(shift_right)[:, None], 0, 2 * pad) + np.arange(width)
+  return padded[np.arange(batch)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
 def make_transform(dataset_config: ConfigDict, *, train: bool):
-  """The per-example transform: ``image`` float32 (8, 8, 1) in [0, 1] (pixels / 16), ``label`` int32 ().
+  """The batch transform: ``image`` float32 (B, 8, 8, 1) in [0, 1] (pixels / 16), ``label`` int32 (B,).
 
   Training examples are translated by up to ``dataset_config.max_translation`` pixels (default 0: none) in each
   direction, uniformly, zero-filled; evaluation examples never are.
@@ -113,10 +119,11 @@ def make_transform(dataset_config: ConfigDict, *, train: bool):
     raise ValueError(f"config.dataset.max_translation must be an int in 0..{IMAGE_SHAPE[0] - 1} (pixels), got "
                      f"{max_translation!r}")
 
-  def transform(example: dict, rng: np.random.Generator) -> dict:
-    image = example["image"].astype(np.float32) / PIXEL_MAX
+  def transform(batch: dict, random: pipeline.ExampleRandom) -> dict:
+    images = batch["image"].astype(np.float32) / PIXEL_MAX
     if max_translation:
-      image = translate(image, *rng.integers(-max_translation, max_translation + 1, size=2))
-    return {"image": image, "label": np.int32(example["label"])}
+      images = translate(images, random.integers(0, -max_translation, max_translation + 1),
+                         random.integers(1, -max_translation, max_translation + 1))
+    return {"image": images, "label": batch["label"].astype(np.int32)}
 
   return transform
