@@ -1,0 +1,41 @@
+"""Models by name, built from a config: ``create_model(config.model, rngs=...)``.
+
+``config.model`` holds ``name`` (a key of ``MODELS``) and the model's constructor arguments, e.g.::
+
+  config.model = ml_collections.ConfigDict(dict(name="convnext", num_classes=10, depths=(1, 1), dims=(32, 64),
+                                                dwconv=dict(kind="dcls", kernel_size=5, kernel_count=4)))
+
+A model family registers one constructor ``f(**kwargs, rngs) -> nnx.Module`` here.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from flax import nnx
+
+from models import convnext
+
+MODELS: dict[str, Callable[..., nnx.Module]] = {
+    "convnext": convnext.ConvNeXt,
+}
+
+
+def create_model(model_config: Mapping[str, Any], *, rngs: nnx.Rngs) -> nnx.Module:
+  """Builds ``MODELS[model_config['name']](**other fields, rngs=rngs)``."""
+  kwargs = dict(model_config)
+  name = kwargs.pop("name", None)
+  if name not in MODELS:
+    raise ValueError(f"config.model.name={name!r}: expected one of {sorted(MODELS)}.")
+  try:
+    return MODELS[name](**_to_python(kwargs), rngs=rngs)
+  except TypeError as e:  # an unknown or missing constructor argument
+    raise ValueError(f"config.model for {name!r}: {e}") from e
+
+
+def _to_python(value):
+  """ConfigDicts and lists (ml_collections' tuples come back as lists on the command line) -> dicts and tuples."""
+  if isinstance(value, Mapping):
+    return {k: _to_python(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_to_python(v) for v in value)
+  return value

@@ -1,0 +1,57 @@
+"""What a model's output is trained against: the loss and the metrics of a task, per device.
+
+A task is two pure functions of (model output, batch):
+
+* ``loss(outputs, batch) -> (scalar loss, {name: scalar})``: the training objective, a mean over the local batch;
+* ``eval_sums(outputs, batch) -> {name: scalar}``: SUMS over the examples with ``batch['mask'] == 1`` (padding
+  examples of a last, partial eval batch have mask 0), plus ``count``; averages are taken after summing over all
+  devices and batches, so evaluation is exact whatever the batch split.
+
+Tasks by name in ``TASKS``; ``config.task`` selects one (default 'classification').
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax.numpy as jnp
+import optax
+
+
+class Task(NamedTuple):
+  loss: Callable[[Any, dict], tuple[Any, dict]]
+  eval_sums: Callable[[Any, dict], dict]
+
+
+def classification(label_smoothing: float = 0.0) -> Task:
+  """Softmax cross-entropy on integer labels ``batch['label']`` (N,); logits (N, num_classes)."""
+
+  def targets(logits, labels):
+    onehot = jnp.eye(logits.shape[-1], dtype=logits.dtype)[labels]
+    return optax.smooth_labels(onehot, label_smoothing) if label_smoothing else onehot
+
+  def loss(logits, batch):
+    logits = logits.astype(jnp.float32)
+    per_example = optax.softmax_cross_entropy(logits, targets(logits, batch["label"]))
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    return jnp.mean(per_example), {"accuracy": accuracy}
+
+  def eval_sums(logits, batch):
+    logits = logits.astype(jnp.float32)
+    mask = batch["mask"].astype(jnp.float32)
+    per_example = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+    return {"loss": jnp.sum(per_example * mask), "accuracy": jnp.sum(correct * mask), "count": jnp.sum(mask)}
+
+  return Task(loss, eval_sums)
+
+
+TASKS: dict[str, Callable[..., Task]] = {"classification": classification}
+
+
+def create_task(task_config) -> Task:
+  """``task_config``: ConfigDict with ``name`` and the task's keyword arguments."""
+  kwargs = dict(task_config)
+  name = kwargs.pop("name", None)
+  if name not in TASKS:
+    raise ValueError(f"config.task.name={name!r}: expected one of {sorted(TASKS)}.")
+  return TASKS[name](**kwargs)
