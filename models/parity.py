@@ -1,6 +1,6 @@
 """The fixture contract (``shared/fixtures/README.md``): reproduce a PyTorch model's golden outputs and gradients.
 
-  python -m models.parity FIXTURE.npz [FIXTURE.npz ...]
+  python -m models.parity FIXTURE.npz|SCHEDULE.json [...]
 
 For each fixture: build the model named by ``meta.arch`` from ``meta.config``, load ``state/*``, feed
 ``input/*``, and compare every ``output/*`` and ``grad/*`` with |ours - ref| <= atol + rtol * |ref| (per-key
@@ -10,9 +10,15 @@ malformed fixture (and no mismatch).
 
 An arch is supported by registering ``run(meta, arrays) -> {key: array}`` in ``ARCHS``; it returns every
 ``output/*`` and ``grad/*`` key of the fixture, in the fixture's layout.
+
+Tolerances: ``meta.tolerance`` maps a key, or a group of comma-separated glob patterns (``grad/*``) and names
+(``BN running stats``, ``num_batches_tracked``), to {atol, rtol} or to ``"exact"`` (equality). A schedule file
+(``.json``, arch ``snn_delays/schedules``) becomes a fixture with ``input/epoch`` and one ``output/<column>`` per
+entry of ``columns``, under the tolerance group (lr, betas, sigma) its column name starts with.
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import sys
 from typing import Callable, Mapping
@@ -21,10 +27,21 @@ import jax
 import numpy as np
 
 from models import dcls_layer
+from models import lif
+from models import snn_delays
 
 ARCHS: dict[str, Callable[[Mapping, Mapping[str, np.ndarray]], dict[str, np.ndarray]]] = {
     "dcls_layer": dcls_layer.run_fixture,
+    "snn_delays": snn_delays.run_fixture,
+    "snn_delays/delay_layer": snn_delays.run_delay_layer_fixture,
+    "snn_delays/lif": lif.run_fixture,
+    "snn_delays/schedules": snn_delays.run_schedules_fixture,
 }
+# Tolerance names that are not glob patterns: the keys they cover.
+_NAMED_KEYS = {"BN running stats": ("output/model.*.running_mean", "output/model.*.running_var"),
+               "num_batches_tracked": ("*num_batches_tracked",)}
+# Schedule files: the tolerance group of a per-epoch column, by the start of its name.
+_SCHEDULE_GROUPS = (("lr", "lr"), ("beta", "betas"), ("sigma", "sigma"))
 
 
 class UnsupportedFixture(Exception):
@@ -32,6 +49,8 @@ class UnsupportedFixture(Exception):
 
 
 def load(path: str) -> tuple[dict, dict[str, np.ndarray]]:
+  if path.endswith(".json"):
+    return load_schedule(path)
   try:
     with np.load(path, allow_pickle=False) as f:
       arrays = {k: f[k] for k in f.files}
@@ -42,6 +61,40 @@ def load(path: str) -> tuple[dict, dict[str, np.ndarray]]:
     if field not in meta:
       raise UnsupportedFixture(f"{path}: meta has no {field!r}")
   return meta, arrays
+
+
+def load_schedule(path: str) -> tuple[dict, dict[str, np.ndarray]]:
+  """A schedule file as (meta, arrays): ``input/epoch``, ``output/<column>``, tolerances per output key."""
+  try:
+    with open(path) as f:
+      meta = json.load(f)
+    per_epoch = meta.pop("per_epoch")
+    arrays = {"input/epoch": np.asarray(per_epoch["epoch"])}
+    arrays.update({f"output/{column}": np.asarray(per_epoch[column], np.float64) for column in meta["columns"]})
+    groups = {f"output/{column}": next(group for prefix, group in _SCHEDULE_GROUPS if column.startswith(prefix))
+              for column in meta["columns"]}
+    meta["tolerance"] = {key: meta["tolerance"][group] for key, group in groups.items()}
+  except (OSError, KeyError, ValueError, TypeError, StopIteration) as e:
+    raise UnsupportedFixture(f"cannot read schedule file {path}: {type(e).__name__}: {e}") from e
+  for field in ("arch", "config"):
+    if field not in meta:
+      raise UnsupportedFixture(f"{path}: has no {field!r}")
+  return meta, arrays
+
+
+def tolerance(tolerances: Mapping, key: str):
+  """{atol, rtol} or "exact" for ``key``: its own entry, else the first group with a glob pattern matching it,
+  else the first group naming it; None if none does."""
+  if key in tolerances:
+    return tolerances[key]
+  groups = [([p.strip() for p in group.split(",")], value) for group, value in tolerances.items()]
+  for patterns, value in groups:
+    if any("/" in p and fnmatch.fnmatchcase(key, p) for p in patterns):
+      return value
+  for patterns, value in groups:
+    if any(fnmatch.fnmatchcase(key, named) for p in patterns for named in _NAMED_KEYS.get(p, ())):
+      return value
+  return None
 
 
 def compute(meta: Mapping, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -65,7 +118,7 @@ def compare(meta: Mapping, arrays: Mapping[str, np.ndarray], ours: Mapping[str, 
   expected_keys = [k for k in arrays if k.startswith(("output/", "grad/"))]
   for key in expected_keys:
     ref = arrays[key]
-    tol = meta["tolerance"].get(key)
+    tol = tolerance(meta["tolerance"], key)
     if tol is None:
       raise UnsupportedFixture(f"meta.tolerance has no entry for {key}")
     got = ours.get(key)
@@ -77,6 +130,12 @@ def compare(meta: Mapping, arrays: Mapping[str, np.ndarray], ours: Mapping[str, 
     if got.shape != ref.shape:
       print(f"  {key:<28} SHAPE {got.shape} != reference {ref.shape}")
       failed.append(key)
+      continue
+    if tol == "exact":
+      ok = bool(np.array_equal(got, ref))
+      print(f"  {key:<28} exact  {'ok' if ok else f'MISMATCH at {np.count_nonzero(got != ref)} entries'}")
+      if not ok:
+        failed.append(key)
       continue
     err = np.abs(got.astype(np.float64) - ref.astype(np.float64))
     allowed = tol["atol"] + tol["rtol"] * np.abs(ref.astype(np.float64))

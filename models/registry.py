@@ -14,9 +14,11 @@ from typing import Any, Callable, Mapping
 from flax import nnx
 
 from models import convnext
+from models import snn_delays
 
 MODELS: dict[str, Callable[..., nnx.Module]] = {
     "convnext": convnext.ConvNeXt,
+    "snn_delays": snn_delays.SnnDelays,
 }
 
 

@@ -191,7 +191,7 @@ def _one_cycle(start: float, peak: float, end: float, pct_start: float, total_un
   peak_at, last = pct_start * total_units - 1.0, total_units - 1.0
 
   def schedule(unit):
-    unit = jnp.asarray(unit, jnp.float32)
+    unit = jnp.asarray(unit, float)  # float64 under x64 (parity), float32 otherwise
     rising = _cosine_anneal(start, peak, jnp.clip(unit / peak_at, 0, 1))
     falling = _cosine_anneal(peak, end, jnp.clip((unit - peak_at) / (last - peak_at), 0, 1))
     return jnp.where(unit <= peak_at, rising, falling)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -45,7 +46,37 @@ def classification(label_smoothing: float = 0.0) -> Task:
   return Task(loss, eval_sums)
 
 
-TASKS: dict[str, Callable[..., Task]] = {"classification": classification}
+def summed_softmax(trace):
+  """SNN-delays readout: (N, T, num_classes) membrane trace -> (N, num_classes) sum over ALL T steps of the
+  per-step class softmax (entries in [0, T])."""
+  return jnp.sum(jax.nn.softmax(trace, axis=-1), axis=1)
+
+
+def snn_delays() -> Task:
+  """The SNN-delays loss: softmax cross-entropy of ``summed_softmax(trace)`` (so a second softmax over the summed
+  probabilities, as torch CrossEntropyLoss on them) with integer labels ``batch['label']``; in the trace's dtype.
+
+  Accuracy: argmax of the summed softmax. The reference averages accuracy per batch; eval_sums counts examples.
+  """
+
+  def per_example(trace, labels):
+    logits = summed_softmax(trace)
+    correct = (jnp.argmax(logits, -1) == labels).astype(logits.dtype)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels), correct
+
+  def loss(trace, batch):
+    cross_entropy, correct = per_example(trace, batch["label"])
+    return jnp.mean(cross_entropy), {"accuracy": jnp.mean(correct)}
+
+  def eval_sums(trace, batch):
+    cross_entropy, correct = per_example(trace, batch["label"])
+    mask = batch["mask"].astype(cross_entropy.dtype)
+    return {"loss": jnp.sum(cross_entropy * mask), "accuracy": jnp.sum(correct * mask), "count": jnp.sum(mask)}
+
+  return Task(loss, eval_sums)
+
+
+TASKS: dict[str, Callable[..., Task]] = {"classification": classification, "snn_delays": snn_delays}
 
 
 def create_task(task_config) -> Task:
