@@ -126,7 +126,7 @@ def test_bad_max_translation_raises():
 
 
 def test_unknown_dataset_name_lists_the_known_names():
-  with pytest.raises(ValueError, match=r"unknown config.dataset.name 'mnist'.*\['digits'\]"):
+  with pytest.raises(ValueError, match=r"unknown config.dataset.name 'mnist'.*'digits'"):
     data.get_source(ConfigDict({"name": "mnist", "data_dir": None}), "train")
 
 

@@ -25,7 +25,7 @@ from typing import Callable, Optional
 import tensorflow_datasets as tfds
 from ml_collections import ConfigDict
 
-from train.data import digits
+from train.data import delay_task, digits, gsc, shd
 from train.data.pipeline import Pipeline, Transform
 
 __all__ = ["DATASETS", "DatasetEntry", "Pipeline", "Transform", "get_entry", "get_source", "get_transform"]
@@ -47,6 +47,12 @@ class DatasetEntry:
 
 DATASETS: dict[str, DatasetEntry] = {
     "digits": DatasetEntry(digits.Digits, digits.make_transform, digits.default_manual_dir),
+    "shd": DatasetEntry(shd.Shd, shd.make_transform),
+    "ssc": DatasetEntry(shd.Ssc, shd.make_transform),
+    "shd_fixed_grid": DatasetEntry(shd.ShdFixedGrid, shd.make_transform),
+    "ssc_fixed_grid": DatasetEntry(shd.SscFixedGrid, shd.make_transform),
+    "gsc": DatasetEntry(gsc.Gsc, gsc.make_transform),
+    "delay_task": DatasetEntry(delay_task.DelayTask, shd.make_transform),
 }
 
 
