@@ -92,13 +92,14 @@ class DataParallel:
       return local[0] if self.mode == "pmap" else local
     return jax.tree.map(one_replica, tree)
 
-  def run(self, per_device_step: Callable, *, donate_state: bool = False) -> Callable:
+  def run(self, per_device_step: Callable, *, donate_state: bool = False, shard_batch: bool = True) -> Callable:
     """``per_device_step(state, batch) -> outputs`` -> the same over all devices (state replicated, batch
-    sharded, outputs replicated: they must be reduced over 'data' inside the step)."""
+    sharded, or replicated if not ``shard_batch``; outputs replicated: they must be reduced over 'data' inside)."""
     donate = (0,) if donate_state else ()
     if self.mode == "pmap":
       return jax.pmap(per_device_step, axis_name=AXIS, donate_argnums=donate)
     # check_vma=False: pmap's semantics, where a gradient wrt a replicated input stays per-device until the step's
     # own pmean (with the default True, shard_map would already sum it over devices, and the pmean would not undo it).
-    return jax.jit(jax.shard_map(per_device_step, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P(),
+    batch_spec = P(AXIS) if shard_batch else P()
+    return jax.jit(jax.shard_map(per_device_step, mesh=self.mesh, in_specs=(P(), batch_spec), out_specs=P(),
                                  check_vma=False), donate_argnums=donate)

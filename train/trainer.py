@@ -32,6 +32,7 @@ from jax.experimental import multihost_utils
 
 from dcls_jax import optim as dcls_optim
 from models import registry
+from models import snn_delays
 from train import checkpointing
 from train import data as data_lib
 from train import metrics as metrics_lib
@@ -102,12 +103,27 @@ class Experiment:
         position_limits=self.position_limits)
     ema_decay = config.optimizer.get("ema_decay", 0.0)
     self.initial_state = step_lib.init_state(params, batch_stats, self.tx, ema=ema_decay > 0)
+    input_key = config.get("input_key", "image")  # the batch entry fed to the model ('spikes' for SNNs)
     task = tasks_lib.create_task(config.get("task", ml_collections.ConfigDict({"name": "classification"})))
     self.train_step = self.parallel.run(
         step_lib.make_train_step(self.model, self.tx, task, seed=config.seed, ema_decay=ema_decay,
+                                 input_key=input_key,
                                  extra_loss=self._repulsive_loss(config.optimizer.get("repulsive_after_epoch"))),
         donate_state=True)
-    self.eval_step = self.parallel.run(step_lib.make_eval_step(self.model, task, use_ema=ema_decay > 0))
+    self.eval_step = self.parallel.run(
+        step_lib.make_eval_step(self.model, task, use_ema=ema_decay > 0, input_key=input_key))
+    self._set_sigmas = self.parallel.run(
+        lambda state, sigma: state.replace(params=snn_delays.with_sigma(state.params, sigma)), shard_batch=False)
+
+  def start_epoch(self, state, epoch: int):
+    """The state for ``epoch``: the per-epoch parameter schedules applied (SNN-delays' sigma decay,
+    ``config.sigma_schedule`` = dict(sigma_init, final_epoch)); a function of the epoch, so resuming re-applies it."""
+    schedule = self.config.get("sigma_schedule")
+    if schedule is None:
+      return state
+    sigma = np.float32(snn_delays.sigma_schedule(epoch, sigma_init=schedule.sigma_init,
+                                                 final_epoch=schedule.final_epoch))
+    return self._set_sigmas(state, self.parallel.replicate(sigma))
 
   def _repulsive_loss(self, after_epoch: Optional[int]):
     """ConvNeXt-dcls: + (repulsive loss of the positions)^2 once the epoch exceeds ``after_epoch`` (20)."""
@@ -179,6 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   try:
     while epoch < config.num_epochs:
+      state = exp.start_epoch(state, epoch)
       for batch in exp.train_data.epoch(epoch, batch_in_epoch):
         state, train_metrics = exp.train_step(state, exp.parallel.shard_batch(batch))
         step += 1
