@@ -1,15 +1,31 @@
-"""The benchmark script runs end to end (tiny shapes); it prints timings, it asserts none."""
+"""The benchmark scripts run end to end (tiny shapes); they print timings, the tests assert none."""
 import subprocess
 import sys
 
 import pytest
 
-pytest.importorskip("torch")
+
+def _run(*args):
+  result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
 
 
 @pytest.mark.slow
-def test_benchmark_quick_run_prints_the_table_and_summary():
-  result = subprocess.run([sys.executable, "-m", "benchmarks.bench_dcls", "--quick"], capture_output=True,
-                          text=True, timeout=600, check=False)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "| shape |" in result.stdout and "Summary" in result.stdout, result.stdout[-3000:]
+def test_dcls_benchmark_quick_run_prints_the_table_and_summary():
+  pytest.importorskip("torch")
+  stdout = _run("benchmarks.bench_dcls", "--quick")
+  assert "| shape |" in stdout and "Summary" in stdout, stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_training_throughput_benchmark_quick_run_prints_the_ratios(tmp_path):
+  stdout = _run("benchmarks.bench_train", "--quick", "--warmup", "2", "--data_dir", str(tmp_path))
+  assert "| + real input pipeline |" in stdout and "pipeline / bare = " in stdout, stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_snn_benchmark_quick_run_prints_the_three_variants():
+  stdout = _run("benchmarks.bench_snn", "--quick", "--steps", "1")
+  assert all(f"| {delays} |" in stdout for delays in ("learned", "fixed", "none")), stdout[-3000:]
+  assert "learned / fixed = " in stdout

@@ -10,15 +10,7 @@ from train.data import delay_task, gsc, shd
 from train.data.pipeline import ExampleRandom
 
 
-def write_h5(path, samples):
-  """The published SHD/SSC layout: vlen float16 spikes/times (s), vlen uint16 spikes/units, uint8 labels."""
-  with h5py.File(path, "w") as f:
-    times = f.create_dataset("spikes/times", (len(samples),), dtype=h5py.vlen_dtype(np.float16))
-    units = f.create_dataset("spikes/units", (len(samples),), dtype=h5py.vlen_dtype(np.uint16))
-    for index, (sample_times, sample_units, _) in enumerate(samples):
-      times[index] = np.asarray(sample_times, np.float16)
-      units[index] = np.asarray(sample_units, np.uint16)
-    f.create_dataset("labels", data=np.array([label for _, _, label in samples], np.uint8))
+write_h5 = shd.write_sample_file
 
 
 # Events at 0, 3, 9.5, 10.2, 25, 41 ms on units 0, 4, 5, 699, 12, 3 (channels 0, 0, 1, 139, 2, 0): the spec's example.

@@ -235,3 +235,15 @@ def make_transform(dataset_config: ConfigDict, *, train: bool):
     return {"spikes": spikes.astype(np.float32), "label": batch["label"].astype(np.int32)}
 
   return transform
+
+
+def write_sample_file(path, samples) -> None:
+  """Writes ``samples`` [(times in s, units, label), ...] in the published SHD/SSC layout (vlen float16
+  spikes/times, vlen uint16 spikes/units, uint8 labels): for tests and benchmarks."""
+  with h5py.File(path, "w") as f:
+    times = f.create_dataset("spikes/times", (len(samples),), dtype=h5py.vlen_dtype(np.float16))
+    units = f.create_dataset("spikes/units", (len(samples),), dtype=h5py.vlen_dtype(np.uint16))
+    for index, (sample_times, sample_units, _) in enumerate(samples):
+      times[index] = np.asarray(sample_times, np.float16)
+      units[index] = np.asarray(sample_units, np.uint16)
+    f.create_dataset("labels", data=np.array([label for _, _, label in samples], np.uint8))
