@@ -3,13 +3,22 @@
 The network of Liu et al. 2022 as ``facebookresearch/ConvNeXt`` writes it, with the ConvNeXt-dcls change of
 Khalfaoui-Hassani et al. 2023 (spec ``dcls.md`` section 4): every block's 7x7 depthwise convolution becomes a DCLS
 depthwise convolution (``dwconv='dcls'``) whose positions (and sigmas, for ``gauss``) are one parameter shared by all
-blocks of a stage. Submodule names mirror the PyTorch state dict (``downsample_layers.{i}.{j}``,
-``stages.{i}.{j}.{dwconv,norm,pwconv1,pwconv2,gamma}``, ``norm``, ``head``), so importing a checkpoint is a table.
+blocks of a stage: it lives in the stage's first block and the other blocks hold the same Variable, so
+``nnx.state`` has ONE leaf per stage and its gradient is the sum over the blocks.
 
-Data: images (N, H, W, in_chans), channels last -> logits (N, num_classes). H and W must be divisible by
-``patch_size * 2 ** (len(depths) - 1)``.
+Data: images (N, H, W, in_chans), channels last -> logits (N, num_classes). Convolutions without padding floor odd
+sizes, as in the reference (48 px -> 12, 6, 3, 1 with patch_size 4).
 
-Block:  x + gamma * pwconv2(gelu(pwconv1(norm(dwconv(x)))))   (drop path on the residual branch in training)
+  stem        Stem: patchify conv (kernel = stride = patch_size) -> LayerNorm        downsample_layers.0
+  stage i     [Downsample: LayerNorm -> conv 2x2 stride 2, for i > 0] -> depths[i] Blocks
+  head        mean over H, W -> LayerNorm ``norm`` -> Linear ``head``
+  Block       x + drop_path(gamma * pwconv2(gelu(pwconv1(norm(dwconv(x))))))
+
+``stage_outputs(x)`` gives every stage's output map, ``pool`` the head's input, ``features`` both in one call.
+
+Submodule names follow the PyTorch state dict (``downsample_layers.{i}``, ``stages.{i}.{j}.{dwconv,norm,pwconv1,
+pwconv2,gamma}``, ``norm``, ``head``); ``models/convnext_io.py`` converts checkpoints. ``Stem``, ``Downsample`` and
+``Block`` are the parts other ConvNeXt-shaped models (the audio taggers) reuse.
 """
 from __future__ import annotations
 
@@ -18,6 +27,7 @@ from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from dcls_jax import nnx as dcls_nnx
@@ -32,31 +42,97 @@ class DepthwiseConfig:
 
   Attributes:
     kind: 'conv' (a dense ``kernel_size`` x ``kernel_size`` depthwise conv, plain ConvNeXt) or 'dcls'.
-    kernel_size: 'conv': its size (7 in ConvNeXt); 'dcls': the dilated kernel size (17 in ConvNeXt-dcls).
+    kernel_size: 'conv': its size (7 in ConvNeXt); 'dcls': the dilated kernel size d (17 in ConvNeXt-dcls).
     kernel_count: 'dcls' only: elements per channel (34 for ConvNeXt-dcls-T).
     version: 'dcls' only: v0 | v1 | max | gauss.
     share_positions: 'dcls' only: one positions (and sigmas) parameter per stage, as the recipes do.
+    conv_algorithm: 'dcls' only: 'auto', 'direct' or 'fft' (``dcls_jax.conv``).
   """
   kind: str = "dcls"
   kernel_size: int = 17
   kernel_count: int = 34
   version: str = "v0"
   share_positions: bool = True
+  conv_algorithm: str = "auto"
 
   def __post_init__(self):
     if self.kind not in ("conv", "dcls"):
       raise ValueError(f"dwconv kind={self.kind!r}: expected 'conv' or 'dcls'.")
 
 
+@dataclasses.dataclass(frozen=True)
+class Size:
+  """A standard ConvNeXt size and its recipes (spec ``dcls.md`` section 4.1).
+
+  Attributes:
+    depths, dims: blocks and channels per stage.
+    drop_path_rate: the ImageNet recipe's stochastic depth.
+    v0_kernel_count: elements per channel of the bilinear (v0, d = 17) recipe; the Gaussian one uses 26 at d = 23.
+  """
+  depths: tuple[int, ...]
+  dims: tuple[int, ...]
+  drop_path_rate: float
+  v0_kernel_count: int
+
+  def dwconv(self, variant: str) -> DepthwiseConfig:
+    """The depthwise conv of a recipe: 'conv' (dense 7x7), 'v0' (bilinear d 17) or 'gauss' (Gaussian d 23, Kc 26)."""
+    if variant == "conv":
+      return DepthwiseConfig(kind="conv", kernel_size=7)
+    if variant == "v0":
+      return DepthwiseConfig(kernel_size=17, kernel_count=self.v0_kernel_count, version="v0")
+    if variant == "gauss":
+      return DepthwiseConfig(kernel_size=23, kernel_count=26, version="gauss")
+    raise ValueError(f"dwconv={variant!r}: expected 'conv', 'v0', 'gauss' or a DepthwiseConfig.")
+
+
+SIZES = {
+    "T": Size(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), drop_path_rate=0.1, v0_kernel_count=34),
+    "S": Size(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768), drop_path_rate=0.4, v0_kernel_count=40),
+    "B": Size(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024), drop_path_rate=0.5, v0_kernel_count=40),
+}
+
+
 class LayerNorm(nnx.LayerNorm):
-  """ConvNeXt's LayerNorm over the channel (last) axis, eps 1e-6."""
+  """ConvNeXt's LayerNorm over the channel (last) axis: eps 1e-6, variance as mean((x - mean)^2)."""
 
   def __init__(self, dim: int, *, rngs: nnx.Rngs):
-    super().__init__(dim, epsilon=1e-6, rngs=rngs)
+    super().__init__(dim, epsilon=1e-6, use_fast_variance=False, rngs=rngs)
+
+
+def _strided_conv(in_dim: int, out_dim: int, size: int, *, rngs: nnx.Rngs) -> nnx.Conv:
+  """A size x size conv with stride size, no padding (the stem's patchify and the downsampling conv)."""
+  return nnx.Conv(in_dim, out_dim, (size, size), strides=size, padding="VALID", kernel_init=_TRUNC_NORMAL,
+                  bias_init=_ZEROS, rngs=rngs)
+
+
+class Stem(nnx.Module):
+  """(N, H, W, in_chans) -> (N, H // patch_size, W // patch_size, dim): patchify conv, then LayerNorm."""
+
+  def __init__(self, in_chans: int, dim: int, patch_size: int, *, rngs: nnx.Rngs):
+    self.conv = _strided_conv(in_chans, dim, patch_size, rngs=rngs)
+    self.norm = LayerNorm(dim, rngs=rngs)
+
+  def __call__(self, x):
+    return self.norm(self.conv(x))
+
+
+class Downsample(nnx.Module):
+  """(N, H, W, in_dim) -> (N, H // 2, W // 2, out_dim): LayerNorm, then a 2x2 conv of stride 2."""
+
+  def __init__(self, in_dim: int, out_dim: int, *, rngs: nnx.Rngs):
+    self.norm = LayerNorm(in_dim, rngs=rngs)
+    self.conv = _strided_conv(in_dim, out_dim, 2, rngs=rngs)
+
+  def __call__(self, x):
+    return self.conv(self.norm(x))
 
 
 class Block(nnx.Module):
-  """One ConvNeXt block; ``shared_from``: a block of the same stage whose DCLS positions/sigmas to use."""
+  """One ConvNeXt block, (N, H, W, dim) -> same shape.
+
+  ``shared_from``: a block of the same stage whose DCLS positions/sigmas this block uses (the same Variable).
+  Stochastic depth drops the residual branch per sample in training mode only (``model.train()``/``.eval()``).
+  """
 
   def __init__(self, dim: int, dw: DepthwiseConfig, *, drop_path: float, layer_scale_init: float,
                shared_from: Optional["Block"] = None, rngs: nnx.Rngs):
@@ -67,26 +143,28 @@ class Block(nnx.Module):
       shared = shared_from.dwconv if shared_from is not None else None
       self.dwconv = dcls_nnx.DclsConv(
           dim, dim, dw.kernel_count, (dw.kernel_size,) * 2, padding=dw.kernel_size // 2, feature_group_count=dim,
-          version=dw.version, weight_init=_TRUNC_NORMAL, bias_init=_ZEROS,
+          version=dw.version, conv_algorithm=dw.conv_algorithm, weight_init=_TRUNC_NORMAL, bias_init=_ZEROS,
           positions=shared.positions if shared else None, sigmas=shared.sigmas if shared else None, rngs=rngs)
     self.norm = LayerNorm(dim, rngs=rngs)
     self.pwconv1 = nnx.Linear(dim, 4 * dim, kernel_init=_TRUNC_NORMAL, bias_init=_ZEROS, rngs=rngs)
     self.pwconv2 = nnx.Linear(4 * dim, dim, kernel_init=_TRUNC_NORMAL, bias_init=_ZEROS, rngs=rngs)
     self.gamma = (nnx.Param(jnp.full((dim,), layer_scale_init, jnp.float32)) if layer_scale_init > 0
                   else nnx.data(None))
-    # Stochastic depth: the residual branch dropped per sample (a dropout mask broadcast over H, W, C).
-    self.drop_path = nnx.Dropout(drop_path, broadcast_dims=(1, 2, 3), rngs=rngs)
+    # Stochastic depth: the residual branch dropped per sample (a dropout mask broadcast over H, W, C); without
+    # it the block holds no RNG stream, so a model without stochastic depth is its parameters alone.
+    self.drop_path = (nnx.Dropout(drop_path, broadcast_dims=(1, 2, 3), rngs=rngs) if drop_path > 0
+                      else nnx.data(None))
 
   def __call__(self, x):
     y = self.dwconv(x)
     y = self.pwconv2(jax.nn.gelu(self.pwconv1(self.norm(y)), approximate=False))
     if self.gamma is not None:
       y = self.gamma[...] * y
-    return x + self.drop_path(y)
+    return x + (y if self.drop_path is None else self.drop_path(y))
 
 
 class ConvNeXt(nnx.Module):
-  """ConvNeXt / ConvNeXt-dcls classifier.
+  """ConvNeXt / ConvNeXt-dcls classifier; ``ConvNeXt.from_size('T', dwconv='v0')`` builds a standard size.
 
   Args:
     num_classes: logits per image.
@@ -94,7 +172,7 @@ class ConvNeXt(nnx.Module):
     dwconv: the blocks' depthwise convolution (``DepthwiseConfig`` or its fields as a dict).
     in_chans: input channels.
     patch_size: the stem's patchify convolution size and stride (4 in ConvNeXt).
-    drop_path_rate: stochastic depth, linearly increasing over blocks up to this rate.
+    drop_path_rate: stochastic depth, linearly increasing over blocks from 0 up to this rate.
     layer_scale_init: initial value of each block's gamma (0: no layer scale).
     head_init_scale: the head's weight and bias are multiplied by it at init.
   """
@@ -107,15 +185,10 @@ class ConvNeXt(nnx.Module):
       raise ValueError(f"depths={tuple(depths)} and dims={tuple(dims)}: expected two non-empty sequences of the"
                        " same length (one entry per stage).")
     dw = dwconv if isinstance(dwconv, DepthwiseConfig) else DepthwiseConfig(**dict(dwconv))
-    conv = dict(kernel_init=_TRUNC_NORMAL, bias_init=_ZEROS, padding="VALID", rngs=rngs)
-    stem = nnx.Sequential(nnx.Conv(in_chans, dims[0], (patch_size,) * 2, strides=patch_size, **conv),
-                          LayerNorm(dims[0], rngs=rngs))
-    downsamples = [nnx.Sequential(LayerNorm(dims[i - 1], rngs=rngs),
-                                  nnx.Conv(dims[i - 1], dims[i], (2, 2), strides=2, **conv))
-                   for i in range(1, len(dims))]
-    self.downsample_layers = nnx.List([stem] + downsamples)
+    downsamples = [Downsample(dims[i - 1], dims[i], rngs=rngs) for i in range(1, len(dims))]
+    self.downsample_layers = nnx.List([Stem(in_chans, dims[0], patch_size, rngs=rngs)] + downsamples)
 
-    rates = iter(jnp.linspace(0.0, drop_path_rate, sum(depths)).tolist())
+    rates = iter(np.linspace(0.0, drop_path_rate, sum(depths)).tolist())  # static: a Python float per block
     stages = []
     for depth, dim in zip(depths, dims):
       blocks = []
@@ -130,13 +203,38 @@ class ConvNeXt(nnx.Module):
     self.head.kernel[...] = self.head.kernel[...] * head_init_scale
     self.head.bias[...] = self.head.bias[...] * head_init_scale
 
-  def features(self, x):
-    """(N, H, W, in_chans) -> pooled, normalised features (N, dims[-1])."""
+  @classmethod
+  def from_size(cls, size: str, *, num_classes: int = 1000, dwconv="v0", rngs: nnx.Rngs, **kwargs) -> "ConvNeXt":
+    """A standard size of ``SIZES`` ('T', 'S', 'B') with a recipe's depthwise conv.
+
+    ``dwconv``: 'conv' (dense 7x7), 'v0' (bilinear d 17, Kc 34 for T, 40 for S/B), 'gauss' (d 23, Kc 26), or a
+    ``DepthwiseConfig``. ``drop_path_rate`` defaults to the size's recipe value; other ``kwargs`` go to the
+    constructor.
+    """
+    if size not in SIZES:
+      raise ValueError(f"size={size!r}: expected one of {sorted(SIZES)}.")
+    spec = SIZES[size]
+    dw = dwconv if isinstance(dwconv, DepthwiseConfig) else spec.dwconv(dwconv)
+    kwargs.setdefault("drop_path_rate", spec.drop_path_rate)
+    return cls(num_classes, depths=spec.depths, dims=spec.dims, dwconv=dw, rngs=rngs, **kwargs)
+
+  def stage_outputs(self, x) -> list[jax.Array]:
+    """(N, H, W, in_chans) -> the output of every stage after its last block, (N, H_i, W_i, dims[i]) each."""
+    outputs = []
     for downsample, stage in zip(self.downsample_layers, self.stages):
       x = downsample(x)
       for block in stage:
         x = block(x)
+      outputs.append(x)
+    return outputs
+
+  def pool(self, x):
+    """Last stage output (N, H, W, dims[-1]) -> pooled, normalised features (N, dims[-1]): the head's input."""
     return self.norm(jnp.mean(x, axis=(1, 2)))
+
+  def features(self, x):
+    """(N, H, W, in_chans) -> pooled, normalised features (N, dims[-1])."""
+    return self.pool(self.stage_outputs(x)[-1])
 
   def __call__(self, x):
     return self.head(self.features(x))

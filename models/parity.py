@@ -26,11 +26,13 @@ from typing import Callable, Mapping
 import jax
 import numpy as np
 
+from models import convnext_io
 from models import dcls_layer
 from models import lif
 from models import snn_delays
 
 ARCHS: dict[str, Callable[[Mapping, Mapping[str, np.ndarray]], dict[str, np.ndarray]]] = {
+    "convnext_dcls": convnext_io.run_fixture,
     "dcls_layer": dcls_layer.run_fixture,
     "snn_delays": snn_delays.run_fixture,
     "snn_delays/delay_layer": snn_delays.run_delay_layer_fixture,

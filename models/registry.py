@@ -17,7 +17,8 @@ from models import convnext
 from models import snn_delays
 
 MODELS: dict[str, Callable[..., nnx.Module]] = {
-    "convnext": convnext.ConvNeXt,
+    "convnext": convnext.ConvNeXt,  # explicit depths, dims, dwconv
+    "convnext_size": convnext.ConvNeXt.from_size,  # a standard size: T, S, B; dwconv conv | v0 | gauss
     "snn_delays": snn_delays.SnnDelays,
 }
 
