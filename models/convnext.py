@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dcls_jax import conv as conv_lib
 from dcls_jax import nnx as dcls_nnx
 
 _TRUNC_NORMAL = nnx.initializers.truncated_normal(stddev=0.02, lower=-2.0, upper=2.0)  # timm trunc_normal_(std=.02)
@@ -46,7 +47,7 @@ class DepthwiseConfig:
     kernel_count: 'dcls' only: elements per channel (34 for ConvNeXt-dcls-T).
     version: 'dcls' only: v0 | v1 | max | gauss.
     share_positions: 'dcls' only: one positions (and sigmas) parameter per stage, as the recipes do.
-    conv_algorithm: 'dcls' only: 'auto', 'direct' or 'fft' (``dcls_jax.conv``).
+    conv_algorithm: 'auto', 'direct' or 'fft' (``dcls_jax.conv``), for either kind.
   """
   kind: str = "dcls"
   kernel_size: int = 17
@@ -127,6 +128,22 @@ class Downsample(nnx.Module):
     return self.conv(self.norm(x))
 
 
+class DepthwiseConv(nnx.Conv):
+  """A dense k x k depthwise conv, 'same' padding: ``nnx.Conv``'s parameters (kernel (k, k, 1, dim), bias) computed
+  by ``dcls_jax.conv``, which picks the FFT where XLA's own depthwise convolution is slow (CPU, k > 3)."""
+
+  def __init__(self, dim: int, kernel_size: int, *, conv_algorithm: str = "auto", rngs: nnx.Rngs):
+    super().__init__(dim, dim, (kernel_size, kernel_size), padding=kernel_size // 2, feature_group_count=dim,
+                     kernel_init=_TRUNC_NORMAL, bias_init=_ZEROS, rngs=rngs)
+    self.conv_algorithm = conv_algorithm
+
+  def __call__(self, x):
+    kernel = jnp.transpose(self.kernel[...], (3, 2, 0, 1))  # (k, k, 1, O) -> torch layout (O, 1, k, k)
+    y = conv_lib.conv(x, kernel, padding=self.padding, feature_group_count=self.feature_group_count,
+                      algorithm=self.conv_algorithm, precision=self.precision)
+    return y + self.bias[...]
+
+
 class Block(nnx.Module):
   """One ConvNeXt block, (N, H, W, dim) -> same shape.
 
@@ -137,8 +154,7 @@ class Block(nnx.Module):
   def __init__(self, dim: int, dw: DepthwiseConfig, *, drop_path: float, layer_scale_init: float,
                shared_from: Optional["Block"] = None, rngs: nnx.Rngs):
     if dw.kind == "conv":
-      self.dwconv = nnx.Conv(dim, dim, (dw.kernel_size,) * 2, padding=dw.kernel_size // 2, feature_group_count=dim,
-                             kernel_init=_TRUNC_NORMAL, bias_init=_ZEROS, rngs=rngs)
+      self.dwconv = DepthwiseConv(dim, dw.kernel_size, conv_algorithm=dw.conv_algorithm, rngs=rngs)
     else:
       shared = shared_from.dwconv if shared_from is not None else None
       self.dwconv = dcls_nnx.DclsConv(

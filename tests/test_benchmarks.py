@@ -29,3 +29,9 @@ def test_snn_benchmark_quick_run_prints_the_three_variants():
   stdout = _run("benchmarks.bench_snn", "--quick", "--steps", "1")
   assert all(f"| {delays} |" in stdout for delays in ("learned", "fixed", "none")), stdout[-3000:]
   assert "learned / fixed = " in stdout
+
+
+@pytest.mark.slow
+def test_convnext_benchmark_quick_run_prints_the_three_variants():
+  stdout = _run("benchmarks.bench_convnext", "--quick")
+  assert all(name in stdout for name in ("| plain 7x7 |", "| dcls v0 d17 Kc34 |", "| dcls gauss d23 Kc26 |"))

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from configs import convnext_dcls_imagenet
 from dcls_jax import optim as dcls_optim
+from models import convnext
 from models import registry
 from models import snn_delays
 from train import optimizers
@@ -28,6 +30,18 @@ def test_config_builds_its_model_and_optimiser(path):
   tx, schedules = optimizers.build_optimizer(config, steps_per_epoch=4, total_steps=4 * config.num_epochs,
                                              position_limits=dcls_optim.dcls_position_limits(module))
   assert "lr" in schedules and tx is not None
+
+
+@pytest.mark.parametrize("variant, kernel_count", [("T-conv", None), ("T-gauss", 26), ("T-v0", 34)])
+def test_imagenet_variants_build_the_recipes_depthwise_conv(variant, kernel_count):
+  config = convnext_dcls_imagenet.get_config(variant)
+  trainer.check_config(config)
+  dwconv = registry.create_model(config.model, rngs=nnx.Rngs(0)).stages[0][0].dwconv
+  if kernel_count is None:
+    assert isinstance(dwconv, convnext.DepthwiseConv)
+  else:
+    assert dwconv.spec.kernel_count == kernel_count
+  assert (config.optimizer.repulsive_after_epoch == 20) == variant.endswith("v0")
 
 
 @pytest.mark.parametrize("epoch, lr, b1, lr_positions", [

@@ -23,25 +23,40 @@ class Task(NamedTuple):
   eval_sums: Callable[[Any, dict], dict]
 
 
-def classification(label_smoothing: float = 0.0) -> Task:
-  """Softmax cross-entropy on integer labels ``batch['label']`` (N,); logits (N, num_classes)."""
+TOP_K = 5  # eval_sums' top-k accuracy (k = the class count when it is smaller)
 
-  def targets(logits, labels):
+
+def classification(label_smoothing: float = 0.0) -> Task:
+  """Softmax cross-entropy of logits (N, num_classes) against ``batch['label']``: integer labels (N,), smoothed by
+  ``label_smoothing``, or soft targets (N, num_classes) float (mixup's), used as given since they carry their own
+  smoothing. Accuracy: argmax of the logits == the label (of soft targets: their argmax); eval_sums also counts
+  ``top5_accuracy``, the label among the 5 largest logits."""
+
+  def targets(logits, labels, smoothing):
+    if labels.ndim == logits.ndim:
+      return labels.astype(logits.dtype)
     onehot = jnp.eye(logits.shape[-1], dtype=logits.dtype)[labels]
-    return optax.smooth_labels(onehot, label_smoothing) if label_smoothing else onehot
+    return optax.smooth_labels(onehot, smoothing) if smoothing else onehot
+
+  def hard_labels(logits, labels):
+    return jnp.argmax(labels, -1) if labels.ndim == logits.ndim else labels
 
   def loss(logits, batch):
     logits = logits.astype(jnp.float32)
-    per_example = optax.softmax_cross_entropy(logits, targets(logits, batch["label"]))
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    per_example = optax.softmax_cross_entropy(logits, targets(logits, batch["label"], label_smoothing))
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == hard_labels(logits, batch["label"]))
     return jnp.mean(per_example), {"accuracy": accuracy}
 
   def eval_sums(logits, batch):
     logits = logits.astype(jnp.float32)
     mask = batch["mask"].astype(jnp.float32)
-    per_example = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-    return {"loss": jnp.sum(per_example * mask), "accuracy": jnp.sum(correct * mask), "count": jnp.sum(mask)}
+    labels = hard_labels(logits, batch["label"])
+    per_example = optax.softmax_cross_entropy(logits, targets(logits, batch["label"], 0.0))
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    _, top_classes = jax.lax.top_k(logits, min(TOP_K, logits.shape[-1]))
+    in_top_k = jnp.any(top_classes == labels[:, None], axis=-1).astype(jnp.float32)
+    return {"loss": jnp.sum(per_example * mask), "accuracy": jnp.sum(correct * mask),
+            "top5_accuracy": jnp.sum(in_top_k * mask), "count": jnp.sum(mask)}
 
   return Task(loss, eval_sums)
 

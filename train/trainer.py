@@ -86,7 +86,8 @@ class Experiment:
     process = dict(process_index=jax.process_index(), process_count=jax.process_count())
     _prepare_data_once(config.dataset)
     transform = data_lib.get_transform(config.dataset, train=True)
-    loading = dict(prefetch=config.dataset.get("prefetch", 2), cache=config.dataset.get("cache", False))
+    loading = dict(prefetch=config.dataset.get("prefetch", 2), cache=config.dataset.get("cache", False),
+                   worker_count=config.dataset.get("worker_count", 0))
     self.train_data = pipeline_lib.Pipeline(
         data_lib.get_source(config.dataset, config.dataset.train_split), batch_size=batch_size, seed=config.seed,
         shuffle=True, drop_remainder=True, transform=transform, **loading, **process)

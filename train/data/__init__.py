@@ -25,7 +25,7 @@ from typing import Callable, Optional
 import tensorflow_datasets as tfds
 from ml_collections import ConfigDict
 
-from train.data import delay_task, digits, gsc, shd
+from train.data import delay_task, digits, gsc, imagenet, shd
 from train.data.pipeline import Pipeline, Transform
 
 __all__ = ["DATASETS", "DatasetEntry", "Pipeline", "Transform", "get_entry", "get_source", "get_transform"]
@@ -53,6 +53,7 @@ DATASETS: dict[str, DatasetEntry] = {
     "ssc_fixed_grid": DatasetEntry(shd.SscFixedGrid, shd.make_transform),
     "gsc": DatasetEntry(gsc.Gsc, gsc.make_transform),
     "delay_task": DatasetEntry(delay_task.DelayTask, shd.make_transform),
+    "imagenet2012": DatasetEntry(imagenet.Imagenet2012, imagenet.make_transform),
 }
 
 

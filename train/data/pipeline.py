@@ -81,7 +81,15 @@ def _read(source: Sequence[Example], records: list[int]) -> list[Example]:
 
 
 def _stack(examples: list[Example]) -> Example:
-  return {key: np.stack([example[key] for example in examples]) for key in examples[0]}
+  """Examples -> a batch; byte strings (encoded images) go in an object array, as they are (no padding to the
+  longest, no stripped trailing NULs)."""
+  def stack(values):
+    if isinstance(values[0], bytes):
+      batch = np.empty(len(values), dtype=object)
+      batch[:] = values
+      return batch
+    return np.stack(values)
+  return {key: stack([example[key] for example in examples]) for key in examples[0]}
 
 
 class Pipeline:
