@@ -1,6 +1,7 @@
 """train.data.imagenet and train.data.augment: the ILSVRC2012 builder on a tiny archive set written in the official
 formats, the recipe's transforms at 32 px, mixup / cutmix, random erasing; train.tasks with soft targets, top-5."""
 import io
+import os
 import tarfile
 
 import jax.numpy as jnp
@@ -11,7 +12,8 @@ import scipy.io
 from ml_collections import ConfigDict
 from PIL import Image
 
-from train import data, tasks
+from configs import convnext_dcls_imagenet
+from train import data, metrics, tasks, trainer
 from train.data import augment, imagenet
 from train.data.pipeline import ExampleRandom, Pipeline
 
@@ -295,3 +297,26 @@ def test_eval_sums_count_top1_and_top5_over_masked_examples():
   soft_sums = tasks.classification().eval_sums(logits, {**batch, "label": jnp.eye(7)[batch["label"]]})
   for name in sums:
     np.testing.assert_allclose(soft_sums[name], sums[name], rtol=1e-6)
+
+
+# ---- the recipe, end to end --------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_the_convnext_dcls_recipe_trains_on_the_tiny_archive(archives, tmp_path):
+  """configs/convnext_dcls_imagenet.py:T-v0 at toy size through the whole loop: RandAugment, erasing, mixup /
+  cutmix soft targets, the repulsive loss (from epoch 0 here), position clamp, EMA evaluation with top-5."""
+  data_config, _ = archives
+  config = convnext_dcls_imagenet.get_config("T-v0")
+  config.model = dict(name="convnext", num_classes=1000, depths=(1, 1), dims=(8, 16), patch_size=4,
+                      dwconv=dict(kind="dcls", kernel_size=5, kernel_count=3, version="v0"), drop_path_rate=0.1)
+  config.dataset.update(data_dir=data_config.data_dir, manual_dir=data_config.manual_dir, image_size=SIZE,
+                        worker_count=0, cache=False)
+  config.update(num_epochs=2, batch_size=4, log_every_steps=1)
+  config.optimizer.update(learning_rate=1e-3, repulsive_after_epoch=-1, ema_decay=0.9)
+  config.schedule.warmup_epochs = 1
+  config.checkpoint.every_steps = 0
+  summary = trainer.train_and_evaluate(config, str(tmp_path))
+  assert summary["step"] == 2 * (TRAIN_PER_CLASS * len(CLASSES) // 4)
+  assert 0.0 <= summary["eval/accuracy"] <= summary["eval/top5_accuracy"] <= 1.0
+  records = metrics.read_metrics(os.path.join(tmp_path, "metrics.jsonl"))
+  assert all(np.isfinite(r["loss"]) for r in records if r["split"] == "train")

@@ -100,7 +100,7 @@ def make_train_step(model: Model, tx: optax.GradientTransformation, task: tasks_
     grads = lax.pmean(grads, AXIS)
     # Running statistics: identical on every device with synchronised BatchNorm, else averaged (as flax examples do).
     batch_stats = lax.pmean(batch_stats, AXIS)
-    metrics = lax.pmean(dict(metrics, loss=loss, grad_norm=optax.global_norm(grads)), AXIS)
+    metrics = lax.pmean(dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads)), AXIS)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = state.ema_params
