@@ -171,7 +171,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if checkpointer.latest_step() is not None:
     host_state, meta = checkpointer.restore(abstract(exp.initial_state))
     epoch, batch_in_epoch = meta["epoch"], meta["batch_in_epoch"]
-    print(f"resuming {workdir} at step {int(host_state.step)} (epoch {epoch}, batch {batch_in_epoch})", flush=True)
   step = int(host_state.step)
   if step >= exp.total_steps and os.path.exists(summary_path):
     with open(summary_path) as f:
@@ -179,6 +178,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     print(f"finished run in {workdir}: {_format(summary)}", flush=True)
     checkpointer.close()
     return summary
+  if step:
+    print(f"resuming {workdir} at step {step} (epoch {epoch}, batch {batch_in_epoch})", flush=True)
 
   writer = metrics_lib.MetricsWriter(workdir, process_index=jax.process_index())
   progress = metrics_lib.ProgressBar(exp.total_steps, initial_step=step, examples_per_step=config.batch_size)
