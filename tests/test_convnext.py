@@ -1,7 +1,6 @@
 """ConvNeXt(-dcls): reference parity, PyTorch state dicts and checkpoints, standard sizes, sharing, drop path."""
 from __future__ import annotations
 
-import glob
 import os
 import pickle
 
@@ -14,8 +13,9 @@ from flax import nnx
 from models import convnext
 from models import convnext_io
 from models import parity
+from tests import test_parity_fixtures
 
-FIXTURES = sorted(glob.glob("/work/shared/fixtures/convnext_dcls/*.npz"))
+FIXTURES = test_parity_fixtures.fixtures("convnext_dcls")
 DWCONVS = {"conv": dict(kind="conv", kernel_size=3),
            "v0": dict(kernel_size=5, kernel_count=3, version="v0"),
            "gauss": dict(kernel_size=5, kernel_count=3, version="gauss")}
@@ -40,14 +40,6 @@ def torch_state(model) -> dict[str, np.ndarray]:
 
 
 # ---- reference parity -----------------------------------------------------------------------------------------
-
-@pytest.mark.skipif(not FIXTURES, reason="no convnext_dcls fixtures")
-@pytest.mark.parametrize("path", FIXTURES, ids=os.path.basename)
-def test_parity_with_the_reference_fixture(path, capsys):
-  meta, arrays = parity.load(path)
-  failed = parity.compare(meta, arrays, parity.compute(meta, arrays))
-  assert not failed, capsys.readouterr().out
-
 
 @pytest.mark.skipif(not FIXTURES, reason="no convnext_dcls fixtures")
 @pytest.mark.parametrize("path", FIXTURES, ids=os.path.basename)
