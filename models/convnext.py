@@ -3,8 +3,8 @@
 The network of Liu et al. 2022 as ``facebookresearch/ConvNeXt`` writes it, with the ConvNeXt-dcls change of
 Khalfaoui-Hassani et al. 2023 (spec ``dcls.md`` section 4): every block's 7x7 depthwise convolution becomes a DCLS
 depthwise convolution (``dwconv='dcls'``) whose positions (and sigmas, for ``gauss``) are one parameter shared by all
-blocks of a stage: it lives in the stage's first block and the other blocks hold the same Variable, so
-``nnx.state`` has ONE leaf per stage and its gradient is the sum over the blocks.
+blocks of a stage (``dcls_jax.sharing.tie``): ``nnx.state`` has ONE leaf per stage, in its first block, and its
+gradient is the sum over the blocks.
 
 Data: images (N, H, W, in_chans), channels last -> logits (N, num_classes). Convolutions without padding floor odd
 sizes, as in the reference (48 px -> 12, 6, 3, 1 with patch_size 4).
@@ -23,7 +23,7 @@ pwconv2,gamma}``, ``norm``, ``head``); ``models/convnext_io.py`` converts checkp
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +32,7 @@ from flax import nnx
 
 from dcls_jax import conv as conv_lib
 from dcls_jax import nnx as dcls_nnx
+from dcls_jax import sharing
 
 _TRUNC_NORMAL = nnx.initializers.truncated_normal(stddev=0.02, lower=-2.0, upper=2.0)  # timm trunc_normal_(std=.02)
 _ZEROS = nnx.initializers.zeros_init()
@@ -100,17 +101,28 @@ class LayerNorm(nnx.LayerNorm):
     super().__init__(dim, epsilon=1e-6, use_fast_variance=False, rngs=rngs)
 
 
-def _strided_conv(in_dim: int, out_dim: int, size: int, *, rngs: nnx.Rngs) -> nnx.Conv:
-  """A size x size conv with stride size, no padding (the stem's patchify and the downsampling conv)."""
-  return nnx.Conv(in_dim, out_dim, (size, size), strides=size, padding="VALID", kernel_init=_TRUNC_NORMAL,
-                  bias_init=_ZEROS, rngs=rngs)
+def _pair(value) -> tuple[int, int]:
+  """An int n -> (n, n); an (h, w) pair as a tuple."""
+  return (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+
+
+def _strided_conv(in_dim: int, out_dim: int, size, *, stride=None, padding=0, rngs: nnx.Rngs) -> nnx.Conv:
+  """A conv of kernel ``size`` with stride ``stride`` (default: the kernel size) and ``padding`` zeros on both
+  sides, each an int or an (h, w) pair: the stem's patchify and the downsampling conv."""
+  size = _pair(size)
+  return nnx.Conv(in_dim, out_dim, size, strides=size if stride is None else _pair(stride),
+                  padding=[(p, p) for p in _pair(padding)], kernel_init=_TRUNC_NORMAL, bias_init=_ZEROS, rngs=rngs)
 
 
 class Stem(nnx.Module):
-  """(N, H, W, in_chans) -> (N, H // patch_size, W // patch_size, dim): patchify conv, then LayerNorm."""
+  """(N, H, W, in_chans) -> (N, H', W', dim): patchify conv, then LayerNorm.
 
-  def __init__(self, in_chans: int, dim: int, patch_size: int, *, rngs: nnx.Rngs):
-    self.conv = _strided_conv(in_chans, dim, patch_size, rngs=rngs)
+  ``patch_size`` is the conv's kernel, ``stride`` defaults to it and ``padding`` (zeros on both sides) to 0, each
+  an int or an (h, w) pair: H' = (H + 2 padding_h - patch_h) // stride_h + 1, i.e. H // patch_size by default.
+  """
+
+  def __init__(self, in_chans: int, dim: int, patch_size, *, stride=None, padding=0, rngs: nnx.Rngs):
+    self.conv = _strided_conv(in_chans, dim, patch_size, stride=stride, padding=padding, rngs=rngs)
     self.norm = LayerNorm(dim, rngs=rngs)
 
   def __call__(self, x):
@@ -147,20 +159,18 @@ class DepthwiseConv(nnx.Conv):
 class Block(nnx.Module):
   """One ConvNeXt block, (N, H, W, dim) -> same shape.
 
-  ``shared_from``: a block of the same stage whose DCLS positions/sigmas this block uses (the same Variable).
   Stochastic depth drops the residual branch per sample in training mode only (``model.train()``/``.eval()``).
   """
 
   def __init__(self, dim: int, dw: DepthwiseConfig, *, drop_path: float, layer_scale_init: float,
-               shared_from: Optional["Block"] = None, rngs: nnx.Rngs):
+               rngs: nnx.Rngs):
     if dw.kind == "conv":
       self.dwconv = DepthwiseConv(dim, dw.kernel_size, conv_algorithm=dw.conv_algorithm, rngs=rngs)
     else:
-      shared = shared_from.dwconv if shared_from is not None else None
       self.dwconv = dcls_nnx.DclsConv(
           dim, dim, dw.kernel_count, (dw.kernel_size,) * 2, padding=dw.kernel_size // 2, feature_group_count=dim,
           version=dw.version, conv_algorithm=dw.conv_algorithm, weight_init=_TRUNC_NORMAL, bias_init=_ZEROS,
-          positions=shared.positions if shared else None, sigmas=shared.sigmas if shared else None, rngs=rngs)
+          rngs=rngs)
     self.norm = LayerNorm(dim, rngs=rngs)
     self.pwconv1 = nnx.Linear(dim, 4 * dim, kernel_init=_TRUNC_NORMAL, bias_init=_ZEROS, rngs=rngs)
     self.pwconv2 = nnx.Linear(4 * dim, dim, kernel_init=_TRUNC_NORMAL, bias_init=_ZEROS, rngs=rngs)
@@ -207,11 +217,11 @@ class ConvNeXt(nnx.Module):
     rates = iter(np.linspace(0.0, drop_path_rate, sum(depths)).tolist())  # static: a Python float per block
     stages = []
     for depth, dim in zip(depths, dims):
-      blocks = []
-      for _ in range(depth):
-        shared_from = blocks[0] if (blocks and dw.kind == "dcls" and dw.share_positions) else None
-        blocks.append(Block(dim, dw, drop_path=next(rates), layer_scale_init=layer_scale_init,
-                            shared_from=shared_from, rngs=rngs))
+      blocks = [Block(dim, dw, drop_path=next(rates), layer_scale_init=layer_scale_init, rngs=rngs)
+                for _ in range(depth)]
+      if dw.kind == "dcls" and dw.share_positions:
+        for name in ("positions", "sigmas"):
+          sharing.tie([block.dwconv for block in blocks], name)
       stages.append(nnx.List(blocks))
     self.stages = nnx.List(stages)
     self.norm = LayerNorm(dims[-1], rngs=rngs)

@@ -1,214 +1,74 @@
 """PyTorch ConvNeXt / ConvNeXt-dcls state dicts <-> the parameters of ``models.convnext.ConvNeXt``.
 
-The conversion is a table: every PyTorch name maps to one leaf of our parameters (``nnx.State.to_pure_dict()``
-paths) through a layout transform. Module kinds (torch leaf -> our leaf, layout):
-
-  conv     weight OIHW -> kernel HWIO, bias             (stem, downsampling, dense depthwise 7x7 (C, 1, 7, 7))
-  linear   weight (out, in) -> kernel (in, out), bias   (pwconv1, pwconv2, head)
-  norm     weight -> scale, bias                        (every LayerNorm)
-  dcls     weight (C, 1, Kc), bias as they are; P, SIG (2, C, 1, Kc) -> positions, sigmas with the reference's row
-           order per version (``dcls_jax.torch_io.axes_of_rows``: v0 rows drive (H, W), gauss rows (W, H))
-  gamma    (C,) as it is
-
-Shared positions: the reference lists a stage's shared P (and SIG) under every block (``stages.{s}.{b}.dwconv.P``
-for all b); all those names map to the ONE leaf of the stage (in its first block). Import checks that the aliases
-agree; export (of parameters, or of gradients, whose shared leaf holds the sum over the blocks) writes the leaf
-under every alias, as the reference fixtures store them.
-
-Checkpoints: ``load_torch_checkpoint`` reads a ``.pth`` with ``torch.load(weights_only=True)`` (no pickled code
-runs) or a ``.safetensors`` file; torch and safetensors are optional and imported on use.
+The conversion is a ``models.torch_table`` table: the reference's names (``downsample_layers.{i}``,
+``stages.{s}.{b}.{dwconv,norm,pwconv1,pwconv2,gamma}``, ``norm``, ``head``) map onto our modules of the same names.
+A stage's shared DCLS positions (listed by the reference under every block) resolve to the stage's one leaf.
+``stem_entries``, ``downsample_entries`` and ``block_entries`` are the parts of the table that other
+ConvNeXt-shaped models (the audio taggers) reuse.
 """
 from __future__ import annotations
 
-import dataclasses
-import os
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
 from dcls_jax import nnx as dcls_nnx
-from dcls_jax import torch_io
 from models import convnext
+from models import torch_table as tt
 
-Path = tuple[Any, ...]
-# Keys under which published checkpoints wrap the state dict, in order of preference.
-CHECKPOINT_KEYS = ("model", "model_ema", "state_dict")
-
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-  """How a PyTorch array becomes ours: ``ours = transpose(torch, axes)``, then the first axis reordered so that the
-  reference's row j becomes our row ``rows[j]`` (P/SIG: the kernel axis that row drives)."""
-  axes: Optional[tuple[int, ...]] = None
-  rows: Optional[tuple[int, ...]] = None
-
-  def to_ours(self, value: np.ndarray) -> np.ndarray:
-    value = value if self.axes is None else np.transpose(value, self.axes)
-    return value if self.rows is None else value[np.argsort(self.rows)]
-
-  def torch_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(shape) if self.axes is None else tuple(shape[a] for a in np.argsort(self.axes))
-
-  def to_torch(self, value: np.ndarray) -> np.ndarray:
-    value = value if self.rows is None else value[list(self.rows)]
-    return value if self.axes is None else np.transpose(value, np.argsort(self.axes))
-
-
-_SAME = Layout()
-_CONV = {"weight": ("kernel", Layout(axes=(2, 3, 1, 0))), "bias": ("bias", _SAME)}
-_LINEAR = {"weight": ("kernel", Layout(axes=(1, 0))), "bias": ("bias", _SAME)}
-_NORM = {"weight": ("scale", _SAME), "bias": ("bias", _SAME)}
-
-
-def _dcls(version: str) -> dict[str, tuple[str, Layout]]:
-  rows = Layout(rows=torch_io.axes_of_rows("Dcls2d", version, 2))  # square kernels: no offsets (torch_io)
-  names = {"weight": ("weight", _SAME), "bias": ("bias", _SAME), "P": ("positions", rows)}
-  if version in ("gauss", "max"):
-    names["SIG"] = ("sigmas", rows)
-  return names
-
-
-@dataclasses.dataclass(frozen=True)
-class Entry:
-  """One PyTorch name: where it lives in our parameters and how its layout changes."""
-  torch_name: str
-  path: Path
-  layout: Layout
-
-
-def _module(torch_prefix: str, path: Path, names: Mapping[str, tuple[str, Layout]]) -> list[Entry]:
-  return [Entry(f"{torch_prefix}.{torch_leaf}", path + (leaf,), layout)
-          for torch_leaf, (leaf, layout) in names.items()]
-
-
-def _block_entries(s: int, b: int, block: convnext.Block, first: convnext.Block) -> list[Entry]:
-  prefix, path = f"stages.{s}.{b}", ("stages", s, b)
-  entries = []
+def block_entries(prefix: str, path: tt.Path, block: convnext.Block) -> list[tt.Entry]:
+  """One ConvNeXt block: ``{prefix}.{dwconv,norm,pwconv1,pwconv2,gamma}``."""
   if isinstance(block.dwconv, dcls_nnx.DclsConv):
-    for entry in _module(f"{prefix}.dwconv", path + ("dwconv",), _dcls(block.dwconv.spec.version)):
-      leaf = entry.path[-1]
-      if leaf in ("positions", "sigmas") and getattr(block.dwconv, leaf) is getattr(first.dwconv, leaf):
-        entry = dataclasses.replace(entry, path=("stages", s, 0, "dwconv", leaf))  # the stage's shared leaf
-      entries.append(entry)
+    dwconv = tt.dcls(block.dwconv.spec.version, bias=block.dwconv.bias is not None)
   else:
-    entries += _module(f"{prefix}.dwconv", path + ("dwconv",), _CONV)
-  entries += _module(f"{prefix}.norm", path + ("norm",), _NORM)
-  entries += _module(f"{prefix}.pwconv1", path + ("pwconv1",), _LINEAR)
-  entries += _module(f"{prefix}.pwconv2", path + ("pwconv2",), _LINEAR)
+    dwconv = tt.CONV
+  entries = (tt.module(f"{prefix}.dwconv", path + ("dwconv",), dwconv)
+             + tt.module(f"{prefix}.norm", path + ("norm",), tt.NORM)
+             + tt.module(f"{prefix}.pwconv1", path + ("pwconv1",), tt.LINEAR)
+             + tt.module(f"{prefix}.pwconv2", path + ("pwconv2",), tt.LINEAR))
   if block.gamma is not None:
-    entries.append(Entry(f"{prefix}.gamma", path + ("gamma",), _SAME))
+    entries.append(tt.Entry(f"{prefix}.gamma", path + ("gamma",)))
   return entries
 
 
-def reference_entries(model: convnext.ConvNeXt) -> list[Entry]:
-  """The table of ``model``: one entry per name of the reference's ``state_dict()``, in its order."""
-  entries = (_module("downsample_layers.0.0", ("downsample_layers", 0, "conv"), _CONV)
-             + _module("downsample_layers.0.1", ("downsample_layers", 0, "norm"), _NORM))
-  for i in range(1, len(model.downsample_layers)):
-    entries += (_module(f"downsample_layers.{i}.0", ("downsample_layers", i, "norm"), _NORM)
-                + _module(f"downsample_layers.{i}.1", ("downsample_layers", i, "conv"), _CONV))
-  for s, stage in enumerate(model.stages):
+def stem_entries(prefix: str, path: tt.Path) -> list[tt.Entry]:
+  """``Stem``: ``{prefix}.0`` conv, ``{prefix}.1`` LayerNorm (the reference's ``downsample_layers.0``)."""
+  return tt.module(f"{prefix}.0", path + ("conv",), tt.CONV) + tt.module(f"{prefix}.1", path + ("norm",), tt.NORM)
+
+
+def downsample_entries(prefix: str, path: tt.Path) -> list[tt.Entry]:
+  """``Downsample``: ``{prefix}.0`` LayerNorm, ``{prefix}.1`` conv."""
+  return tt.module(f"{prefix}.0", path + ("norm",), tt.NORM) + tt.module(f"{prefix}.1", path + ("conv",), tt.CONV)
+
+
+def body_entries(downsample_layers: Sequence[Any], stages: Sequence[Sequence[convnext.Block]]) -> list[tt.Entry]:
+  """``downsample_layers.*`` and ``stages.*`` of any ConvNeXt-shaped model, in the reference's order."""
+  entries = stem_entries("downsample_layers.0", ("downsample_layers", 0))
+  for i in range(1, len(downsample_layers)):
+    entries += downsample_entries(f"downsample_layers.{i}", ("downsample_layers", i))
+  for s, stage in enumerate(stages):
     for b, block in enumerate(stage):
-      entries += _block_entries(s, b, block, stage[0])
-  return entries + _module("norm", ("norm",), _NORM) + _module("head", ("head",), _LINEAR)
+      entries += block_entries(f"stages.{s}.{b}", ("stages", s, b), block)
+  return entries
 
 
-def _get(tree: Mapping, path: Path):
-  for key in path:
-    tree = tree[key]
-  return tree
-
-
-def _set(tree: dict, path: Path, value) -> None:
-  for key in path[:-1]:
-    tree = tree.setdefault(key, {})
-  tree[path[-1]] = value
-
-
-def params_from_torch(model: convnext.ConvNeXt, state_dict: Mapping[str, Any]) -> dict:
-  """A reference state dict (arrays or CPU tensors) -> ``model``'s parameters as a pure dict of numpy arrays.
-
-  Raises ValueError for a missing or unexpected name, a wrong shape, or aliases of a shared tensor that differ.
-  """
-  entries = reference_entries(model)
-  expected = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  names = {entry.torch_name for entry in entries}
-  missing, unexpected = sorted(names - set(state_dict)), sorted(set(state_dict) - names)
-  if missing or unexpected:
-    raise ValueError(f"state_dict does not match this ConvNeXt: missing {missing}, unexpected {unexpected}")
-  params, source = {}, {}
-  for entry in entries:
-    value = np.asarray(state_dict[entry.torch_name])
-    shape = entry.layout.torch_shape(_get(expected, entry.path).shape)
-    if value.shape != shape:
-      raise ValueError(f"state_dict[{entry.torch_name!r}] has shape {value.shape}; this ConvNeXt expects {shape}")
-    value = entry.layout.to_ours(value)
-    if entry.path in source:
-      if not np.array_equal(_get(params, entry.path), value):
-        raise ValueError(f"state_dict[{entry.torch_name!r}] differs from state_dict[{source[entry.path]!r}]: the "
-                         "model shares one tensor per stage, so they must be equal")
-      continue
-    source[entry.path] = entry.torch_name
-    _set(params, entry.path, value)
-  return params
+def reference_entries(model: convnext.ConvNeXt) -> list[tt.Entry]:
+  """The table of ``model``: one entry per name of the reference's ``state_dict()``, in its order."""
+  return (body_entries(model.downsample_layers, model.stages) + tt.module("norm", ("norm",), tt.NORM)
+          + tt.module("head", ("head",), tt.LINEAR))
 
 
 def load_torch_state(model: convnext.ConvNeXt, state_dict: Mapping[str, Any]) -> None:
   """Copies a reference state dict into ``model`` (in place; also fills a model built by ``nnx.eval_shape``)."""
-  params = params_from_torch(model, state_dict)
-  state = nnx.state(model, nnx.Param)
-  nnx.replace_by_pure_dict(state, jax.tree.map(lambda value, like: jnp.asarray(value, like.dtype), params,
-                                               nnx.to_pure_dict(state)))
-  nnx.update(model, state)
+  tt.load_torch_state(model, reference_entries(model), state_dict)
 
 
 def to_torch(model: convnext.ConvNeXt, tree: Mapping) -> dict[str, np.ndarray]:
-  """``model``'s parameters, or their gradients, as a pure dict -> the reference's state-dict names and layouts.
-
-  A shared leaf (a stage's positions) is written under every alias; its gradient is already the sum over blocks.
-  """
-  return {entry.torch_name: entry.layout.to_torch(np.asarray(_get(tree, entry.path)))
-          for entry in reference_entries(model)}
-
-
-def load_torch_checkpoint(path: str, key: Optional[str] = None) -> dict[str, np.ndarray]:
-  """The state dict of a published checkpoint, as numpy arrays, without executing pickled code.
-
-  ``.safetensors`` files are read with the ``safetensors`` package; anything else with ``torch.load(path,
-  weights_only=True, map_location='cpu')``. A checkpoint dict wrapping the state dict (``{'model': ...}``,
-  ``{'model_ema': ...}``) is unwrapped: under ``key`` if given, else the first of ``CHECKPOINT_KEYS`` it holds.
-  """
-  if os.fspath(path).endswith(".safetensors"):
-    try:
-      from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-      raise ImportError(f"reading {path} needs the optional package safetensors (pip install safetensors)") from e
-    checkpoint = load_file(path)
-  else:
-    try:
-      import torch  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-      raise ImportError(f"reading {path} needs the optional package torch (pip install torch)") from e
-    checkpoint = torch.load(path, weights_only=True, map_location="cpu")
-  if not isinstance(checkpoint, Mapping):
-    raise ValueError(f"{path} holds a {type(checkpoint).__name__}; expected a state dict or a dict wrapping one")
-  if key is None:
-    key = next((k for k in CHECKPOINT_KEYS if k in checkpoint), None)
-  elif key not in checkpoint:
-    raise ValueError(f"key={key!r}: {path} has no such entry; it has {sorted(checkpoint)}")
-  state_dict = checkpoint if key is None else checkpoint[key]
-  return {name: _to_numpy(value) for name, value in state_dict.items()}
-
-
-def _to_numpy(value) -> np.ndarray:
-  if hasattr(value, "detach"):  # a torch tensor; numpy has no bfloat16
-    value = value.detach().cpu()
-    return (value.float() if value.is_floating_point() and value.element_size() < 4 else value).numpy()
-  return np.asarray(value)
+  """``model``'s parameters, or their gradients, as a pure dict -> the reference's names and layouts."""
+  return tt.to_torch(model, reference_entries(model), tree)
 
 
 # ---- the reference fixtures (arch convnext_dcls) --------------------------------------------------------
@@ -246,7 +106,7 @@ def run_fixture(meta: Mapping, arrays: Mapping[str, np.ndarray]) -> dict[str, np
     raise ValueError("config.drop_path_rate must be 0: a fixture's forward is deterministic")
   # Built abstractly (no initialisation), then filled from state/: the model is its parameters alone.
   model = nnx.eval_shape(lambda: model_from_reference(meta["config"], conv_algorithm="direct"))
-  load_torch_state(model, {k[len("state/"):]: v for k, v in arrays.items() if k.startswith("state/")})
+  load_torch_state(model, tt.fixture_state(arrays))
   train = meta["mode"] == "train"
   model.train() if train else model.eval()
   x = jnp.transpose(jnp.asarray(arrays["input/x"], jnp.float32), (0, 2, 3, 1))

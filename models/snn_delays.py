@@ -3,7 +3,7 @@
 Every synapse (out j <- in i) has a weight and a learnable delay, held as a 1-D DCLS ``gauss`` kernel over time
 with one element per synapse (``dcls_jax``), applied causally. Network, for ``num_hidden_layers`` L::
 
-  [DelaySynapses -> SequenceBatchNorm -> LIF -> dropout (one mask per sequence)] x L -> DelaySynapses -> readout LIF
+  [DelaySynapses -> BatchNorm over time and batch -> LIF -> dropout (one mask per sequence)] x L -> DelaySynapses -> readout LIF
 
 The readout neuron never fires; its membrane trace u is the output, which the task 'snn_delays'
 (``train/tasks.py``) turns into logits (sum over time of the per-step class softmax). No biases.
@@ -38,11 +38,11 @@ import numpy as np
 import optax
 from flax import nnx
 from flax.nnx.nn import dtypes
-from jax import lax
 
 from dcls_jax import kernels
 from dcls_jax import nnx as dcls_nnx
 from dcls_jax import optim as dcls_optim
+from models import layers
 from models import lif
 from train import optimizers
 from train import step as step_lib
@@ -158,56 +158,6 @@ def _synapses(in_features: int, out_features: int, *, delays: str, max_delay: in
                        conv_algorithm=conv_algorithm, param_dtype=param_dtype, rngs=rngs)
 
 
-class SequenceBatchNorm(nnx.Module):
-  """torch ``BatchNorm1d`` over every time step and sample: (T, B, C) -> (T, B, C), statistics over T * B rows.
-
-  Train: normalise with the biased batch variance; running mean/var <- (1 - momentum) old + momentum new, the
-  variance UNBIASED (n = T * B rows, over all devices with ``axis_name``). Eval (``use_running_average``): the
-  running statistics. Padded time steps count like real ones, as in the reference. Note ``momentum`` is torch's
-  (weight of the new statistics), not Flax's.
-  """
-
-  def __init__(self, num_features: int, *, momentum: float = 0.1, epsilon: float = 1e-5,
-               axis_name: Optional[str] = None, use_running_average: bool = False, param_dtype: Any = jnp.float32):
-    _check_int(num_features, "num_features", 1)
-    if not 0 <= momentum <= 1:
-      raise ValueError(f"momentum must be in [0, 1] (torch convention), got {momentum!r}")
-    self.scale = nnx.Param(jnp.ones((num_features,), param_dtype))
-    self.bias = nnx.Param(jnp.zeros((num_features,), param_dtype))
-    self.mean = nnx.BatchStat(jnp.zeros((num_features,), param_dtype))
-    self.var = nnx.BatchStat(jnp.ones((num_features,), param_dtype))
-    self.momentum, self.epsilon, self.axis_name = momentum, epsilon, axis_name
-    self.use_running_average = use_running_average
-
-  def _batch_statistics(self, rows: jax.Array) -> tuple[jax.Array, jax.Array, int]:
-    """(mean, biased variance, number of rows) over rows (n, C), across devices with ``axis_name``."""
-    mean = jnp.mean(rows, axis=0)
-    if self.axis_name is not None:
-      mean = lax.pmean(mean, self.axis_name)
-    var = jnp.mean(jnp.square(rows - mean), axis=0)
-    count = rows.shape[0]
-    if self.axis_name is not None:
-      var = lax.pmean(var, self.axis_name)
-      count = count * lax.psum(1, self.axis_name)
-    return mean, var, count
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    features = self.scale.shape[0]
-    if x.shape[-1] != features:
-      raise ValueError(f"x must have {features} features in its last axis, got shape {x.shape}")
-    if self.use_running_average:
-      mean, var = self.mean[...], self.var[...]
-    else:
-      rows = x.reshape(-1, features)
-      if rows.shape[0] < 2:
-        raise ValueError(f"x must hold more than one value per channel in train mode, got shape {x.shape}")
-      mean, var, count = self._batch_statistics(rows)
-      m = self.momentum
-      self.mean[...] = (1 - m) * self.mean[...] + m * mean.astype(self.mean.dtype)
-      self.var[...] = (1 - m) * self.var[...] + m * (var * count / (count - 1)).astype(self.var.dtype)
-    return (x - mean) / jnp.sqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
-
-
 class LayerTrace(NamedTuple):
   """What one layer computed, time-major; the readout layer has no BatchNorm and its spikes never fire."""
   delay_out: jax.Array
@@ -224,7 +174,7 @@ class HiddenLayer(nnx.Module):
                bn_axis_name: Optional[str], conv_algorithm: str, param_dtype: Any, rngs: nnx.Rngs):
     self.synapses = _synapses(in_features, out_features, delays=delays, max_delay=max_delay, sigma_init=sigma_init,
                               conv_algorithm=conv_algorithm, param_dtype=param_dtype, rngs=rngs)
-    self.norm = SequenceBatchNorm(out_features, axis_name=bn_axis_name, param_dtype=param_dtype)
+    self.norm = layers.BatchNorm(out_features, axis_name=bn_axis_name, param_dtype=param_dtype)
     self.neuron = lif.LIF(tau, v_threshold=v_threshold, alpha=alpha)
     self.dropout = nnx.Dropout(dropout, broadcast_dims=(0,), rngs=rngs)  # (T, B, H): one mask over time
 
@@ -350,7 +300,8 @@ def optimizer_config(*, max_learning_rate: float, l2_weight_decay: float, positi
 # ---- the reference (torch state_dict names, fixtures) --------------------------------------------------
 
 _SYNAPSE_NAMES = {"weight": "weight", "P": "positions", "SIG": "sigmas"}
-_NORM_NAMES = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
+_NORM_NAMES = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var",
+               "num_batches_tracked": "num_batches_tracked"}
 
 
 def reference_modules(model: SnnDelays) -> dict[int, tuple[nnx.Module, dict[str, str]]]:
@@ -373,9 +324,9 @@ def _reference_variables(model: SnnDelays):
 
 
 def load_reference_state(model: SnnDelays, state_dict: Mapping[str, Any]) -> None:
-  """Copies a reference state_dict (``model.{i}.{name}`` arrays; ``num_batches_tracked`` ignored) into ``model``."""
+  """Copies a reference state_dict (``model.{i}.{name}`` arrays) into ``model``."""
   expected = dict(_reference_variables(model))
-  given = {k for k in state_dict if not k.endswith("num_batches_tracked")}
+  given = set(state_dict)
   if given != set(expected):
     raise ValueError(f"state_dict must hold exactly {sorted(expected)}; missing {sorted(set(expected) - given)}, "
                      f"unexpected {sorted(given - set(expected))}")
@@ -387,7 +338,7 @@ def load_reference_state(model: SnnDelays, state_dict: Mapping[str, Any]) -> Non
 
 
 def reference_state(model: SnnDelays) -> dict[str, np.ndarray]:
-  """``model``'s variables under the reference's state_dict names (no ``num_batches_tracked``)."""
+  """``model``'s variables under the reference's state_dict names."""
   return {name: np.asarray(variable[...]) for name, variable in _reference_variables(model)}
 
 
@@ -453,11 +404,8 @@ def run_fixture(meta: Mapping, arrays: Mapping[str, np.ndarray]) -> dict[str, np
     out.update({f"output/P_rounded/model.{4 * l}": s.rounded_positions() for l, s in enumerate(module.synapses())})
     return {k: np.asarray(v) for k, v in out.items()}
 
-  # Our BatchNorm does not count batches (torch's count only matters without a momentum): the count is derived.
-  counts = {k: v for k, v in state.items() if k.endswith("num_batches_tracked")}
   out.update(_reference_outputs(model.module(grads, batch_stats), "grad", params_only=True))
   out.update(_reference_outputs(model.module(params, new_stats), "output", batch_stats_only=True))
-  out.update({f"output/{k}": v + 1 for k, v in counts.items()})
   steps = 2
   tx, _ = optimizers.build_optimizer(
       optimizer_config(max_learning_rate=config["max_lr_w"], l2_weight_decay=config["weight_decay"],
@@ -472,7 +420,6 @@ def run_fixture(meta: Mapping, arrays: Mapping[str, np.ndarray]) -> dict[str, np
     losses.append(loss)
   out["output/after_steps/loss"] = jnp.stack(losses)
   out.update(_reference_outputs(model.module(params, batch_stats), "output/after_steps"))
-  out.update({f"output/after_steps/{k}": v + steps for k, v in counts.items()})
   return {k: np.asarray(v) for k, v in out.items()}
 
 

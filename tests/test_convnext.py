@@ -12,6 +12,7 @@ from flax import nnx
 
 from models import convnext
 from models import convnext_io
+from models import torch_table
 from models import parity
 from tests import test_parity_fixtures
 
@@ -127,7 +128,7 @@ def test_pth_checkpoint_import(wrapping, key, tmp_path):
     checkpoint["model"] = {name: torch.zeros(1) for name in state}  # the key chooses the EMA weights
   torch.save(checkpoint, tmp_path / "ckpt.pth")
   target = tiny("v0", rngs=nnx.Rngs(3))
-  convnext_io.load_torch_state(target, convnext_io.load_torch_checkpoint(tmp_path / "ckpt.pth", key=key))
+  convnext_io.load_torch_state(target, torch_table.load_torch_checkpoint(tmp_path / "ckpt.pth", key=key))
   np.testing.assert_array_equal(target(images()), source(images()))
 
 
@@ -135,14 +136,14 @@ def test_pth_checkpoint_never_runs_pickled_code(tmp_path):
   torch = pytest.importorskip("torch")
   torch.save({"model": {"head.bias": torch.zeros(5)}, "args": _RunsCodeWhenUnpickled()}, tmp_path / "evil.pth")
   with pytest.raises(pickle.UnpicklingError, match="Weights only"):
-    convnext_io.load_torch_checkpoint(tmp_path / "evil.pth")
+    torch_table.load_torch_checkpoint(tmp_path / "evil.pth")
 
 
 def test_checkpoint_key_must_exist(tmp_path):
   torch = pytest.importorskip("torch")
   torch.save({"model": {"head.bias": torch.zeros(5)}}, tmp_path / "ckpt.pth")
   with pytest.raises(ValueError, match=r"key='model_ema'.*\['model'\]"):
-    convnext_io.load_torch_checkpoint(tmp_path / "ckpt.pth", key="model_ema")
+    torch_table.load_torch_checkpoint(tmp_path / "ckpt.pth", key="model_ema")
 
 
 def test_safetensors_checkpoint_import(tmp_path):
@@ -150,7 +151,7 @@ def test_safetensors_checkpoint_import(tmp_path):
   source = tiny("gauss")
   safetensors_numpy.save_file(torch_state(source), str(tmp_path / "ckpt.safetensors"))
   target = tiny("gauss", rngs=nnx.Rngs(3))
-  convnext_io.load_torch_state(target, convnext_io.load_torch_checkpoint(str(tmp_path / "ckpt.safetensors")))
+  convnext_io.load_torch_state(target, torch_table.load_torch_checkpoint(str(tmp_path / "ckpt.safetensors")))
   np.testing.assert_array_equal(target(images()), source(images()))
 
 

@@ -103,37 +103,6 @@ def test_synapse_init_is_the_references():
   np.testing.assert_array_equal(layer.sigmas[...], 4.0)
 
 
-# ---- BatchNorm ---------------------------------------------------------------------------------------
-
-def test_batchnorm_running_statistics_follow_torch():
-  x = jax.random.normal(jax.random.key(0), (3, 2, 4)) * 2 + 1
-  norm = snn_delays.SequenceBatchNorm(4)
-  y = norm(x)
-  rows = np.asarray(x).reshape(-1, 4)
-  np.testing.assert_allclose(norm.mean[...], 0.1 * rows.mean(0), rtol=1e-5)
-  np.testing.assert_allclose(norm.var[...], 0.9 + 0.1 * rows.var(0, ddof=1), rtol=1e-5)
-  np.testing.assert_allclose(y, (x - rows.mean(0)) / np.sqrt(rows.var(0) + 1e-5), atol=1e-5)
-  norm.eval()
-  np.testing.assert_allclose(norm(x), (x - norm.mean[...]) / jnp.sqrt(norm.var[...] + 1e-5), atol=1e-6)
-
-
-def test_batchnorm_synchronised_statistics_equal_the_global_ones():
-  x = jax.random.normal(jax.random.key(1), (2, 5, 3, 4))  # 2 devices of (T=5, B=3)
-  norm = snn_delays.SequenceBatchNorm(4, axis_name="data")
-  graphdef, state = nnx.split(norm)
-  state = nnx.to_pure_dict(state)  # merged inside the trace, as the trainer does
-
-  def device(x):
-    module = nnx.merge(graphdef, state)
-    return module(x), nnx.to_pure_dict(nnx.state(module, nnx.BatchStat))
-
-  y, stats = jax.vmap(device, axis_name="data")(x)
-  whole = snn_delays.SequenceBatchNorm(4)
-  y_whole = whole(jnp.concatenate(list(x), axis=1))  # (T, 2 x 3, C): both devices' samples in one batch
-  np.testing.assert_allclose(y, jnp.stack([y_whole[:, :3], y_whole[:, 3:]]), atol=1e-5)
-  np.testing.assert_allclose(stats["var"][0], whole.var[...], rtol=1e-5)
-
-
 # ---- network and task --------------------------------------------------------------------------------
 
 def tiny_model(**kwargs) -> snn_delays.SnnDelays:

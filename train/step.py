@@ -98,8 +98,10 @@ def make_train_step(model: Model, tx: optax.GradientTransformation, task: tasks_
 
     (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grads = lax.pmean(grads, AXIS)
-    # Running statistics: identical on every device with synchronised BatchNorm, else averaged (as flax examples do).
-    batch_stats = lax.pmean(batch_stats, AXIS)
+    # Running statistics: identical on every device with synchronised BatchNorm, else averaged (as flax examples do);
+    # counters (BatchNorm's num_batches_tracked) are equal everywhere and stay integers.
+    batch_stats = jax.tree.map(lambda v: lax.pmean(v, AXIS) if jnp.issubdtype(v.dtype, jnp.inexact) else v,
+                               batch_stats)
     metrics = lax.pmean(dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads)), AXIS)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -113,12 +115,18 @@ def make_train_step(model: Model, tx: optax.GradientTransformation, task: tasks_
 
 
 def make_eval_step(model: Model, task: tasks_lib.Task, *, use_ema: bool = False, input_key: str = "image"):
-  """Returns ``eval_step(state, batch) -> sums`` for one device: the task's masked sums over all devices."""
+  """Returns ``eval_step(state, batch) -> (sums, per_example)`` for one device: the task's masked sums over all
+  devices and, for a task with ``eval_outputs``, its per-example outputs and the batch's ``mask`` gathered from all
+  devices (leading axis: the global batch, in device order); {} for a task without."""
 
   def eval_step(state: TrainState, batch: dict):
     params = state.ema_params if use_ema else state.params
     outputs, _ = model.apply(params, state.batch_stats, batch[input_key], train=False)
-    return lax.psum(task.eval_sums(outputs, batch), AXIS)
+    sums = lax.psum(task.eval_sums(outputs, batch), AXIS)
+    if task.eval_outputs is None:
+      return sums, {}
+    per_example = dict(task.eval_outputs(outputs, batch), mask=batch["mask"])
+    return sums, lax.all_gather(per_example, AXIS, tiled=True)
 
   return eval_step
 

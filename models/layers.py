@@ -1,0 +1,66 @@
+"""Layers with PyTorch semantics that Flax's own differ from, shared by the models that port PyTorch references."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+
+class BatchNorm(nnx.Module):
+  """torch ``BatchNorm1d/2d`` over the last axis: x (..., C) -> same shape, statistics over all other axes.
+
+  Train: normalise with the biased batch variance; running mean/var <- (1 - momentum) old + momentum new, the
+  variance UNBIASED (n = the number of rows, over all devices with ``axis_name``), and ``num_batches_tracked`` + 1.
+  Eval (``use_running_average``, set by ``model.eval()``): the running statistics. ``momentum`` is torch's (the
+  weight of the new statistics), not Flax's; Flax's BatchNorm also updates the running variance with the biased
+  estimate, which is why the ports use this one.
+
+  Variables: ``scale``, ``bias`` (C,) Params; ``mean``, ``var`` (C,) and ``num_batches_tracked`` () int32
+  BatchStats (torch's weight, bias, running_mean, running_var, num_batches_tracked).
+  """
+
+  def __init__(self, num_features: int, *, momentum: float = 0.1, epsilon: float = 1e-5,
+               axis_name: Optional[str] = None, use_running_average: bool = False, param_dtype: Any = jnp.float32):
+    if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features < 1:
+      raise ValueError(f"num_features must be an int >= 1, got {num_features!r}")
+    if not 0 <= momentum <= 1:
+      raise ValueError(f"momentum must be in [0, 1] (torch convention), got {momentum!r}")
+    self.scale = nnx.Param(jnp.ones((num_features,), param_dtype))
+    self.bias = nnx.Param(jnp.zeros((num_features,), param_dtype))
+    self.mean = nnx.BatchStat(jnp.zeros((num_features,), param_dtype))
+    self.var = nnx.BatchStat(jnp.ones((num_features,), param_dtype))
+    self.num_batches_tracked = nnx.BatchStat(jnp.zeros((), jnp.int32))
+    self.momentum, self.epsilon, self.axis_name = momentum, epsilon, axis_name
+    self.use_running_average = use_running_average
+
+  def _batch_statistics(self, rows: jax.Array) -> tuple[jax.Array, jax.Array, int]:
+    """(mean, biased variance, number of rows) over rows (n, C), across devices with ``axis_name``."""
+    mean = jnp.mean(rows, axis=0)
+    if self.axis_name is not None:
+      mean = lax.pmean(mean, self.axis_name)
+    var = jnp.mean(jnp.square(rows - mean), axis=0)
+    count = rows.shape[0]
+    if self.axis_name is not None:
+      var = lax.pmean(var, self.axis_name)
+      count = count * lax.psum(1, self.axis_name)
+    return mean, var, count
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    features = self.scale.shape[0]
+    if x.shape[-1] != features:
+      raise ValueError(f"x must have {features} features in its last axis, got shape {x.shape}")
+    if self.use_running_average:
+      mean, var = self.mean[...], self.var[...]
+    else:
+      rows = x.reshape(-1, features)
+      if rows.shape[0] < 2:
+        raise ValueError(f"x must hold more than one value per channel in train mode, got shape {x.shape}")
+      mean, var, count = self._batch_statistics(rows)
+      m = self.momentum
+      self.mean[...] = (1 - m) * self.mean[...] + m * mean.astype(self.mean.dtype)
+      self.var[...] = (1 - m) * self.var[...] + m * (var * count / (count - 1)).astype(self.var.dtype)
+      self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
+    return (x - mean) / jnp.sqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
