@@ -206,6 +206,12 @@ def log_mel(waveform: jax.Array, config: LogMelConfig, mel_matrix: Optional[jax.
     config sets them. The projection runs at full matmul precision whatever the ambient default.
   """
   power = power_spectrogram(waveform, n_fft=config.n_fft, hop_length=config.hop_length)
+  return log_mel_of_power(power, config, mel_matrix)
+
+
+def log_mel_of_power(power: jax.Array, config: LogMelConfig, mel_matrix: Optional[jax.Array] = None) -> jax.Array:
+  """The second half of ``log_mel``: power (..., T, n_fft // 2 + 1) -> (..., T, n_mels) (standardised) dB, for
+  pipelines that augment the linear spectrogram in between (DCLS-Audio's random erasing)."""
   if mel_matrix is None:
     mel_matrix = config.mel_matrix()
   expected = (config.n_fft // 2 + 1, config.n_mels)

@@ -3,7 +3,8 @@
 Every synapse (out j <- in i) has a weight and a learnable delay, held as a 1-D DCLS ``gauss`` kernel over time
 with one element per synapse (``dcls_jax``), applied causally. Network, for ``num_hidden_layers`` L::
 
-  [DelaySynapses -> BatchNorm over time and batch -> LIF -> dropout (one mask per sequence)] x L -> DelaySynapses -> readout LIF
+  [DelaySynapses -> BatchNorm over time and batch -> LIF -> dropout (one mask per sequence)] x L
+  -> DelaySynapses -> readout LIF
 
 The readout neuron never fires; its membrane trace u is the output, which the task 'snn_delays'
 (``train/tasks.py``) turns into logits (sum over time of the per-step class softmax). No biases.

@@ -7,20 +7,40 @@ A task is two pure functions of (model output, batch):
   examples of a last, partial eval batch have mask 0), plus ``count``; averages are taken after summing over all
   devices and batches, so evaluation is exact whatever the batch split.
 
+and, for metrics that sums cannot give (ranking metrics such as mAP), two optional ones:
+
+* ``eval_outputs(outputs, batch) -> {name: (B, ...) array}``: per-example values, which the evaluator gathers over
+  all devices and batches, keeping the examples with mask 1 (``real_examples``);
+* ``finalize(gathered) -> {name: float}``: host-side metrics of the gathered ``{name: (N, ...) array}`` of the
+  whole evaluation set.
+
 Tasks by name in ``TASKS``; ``config.task`` selects one (default 'classification').
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+
+from train import tagging_metrics
 
 
 class Task(NamedTuple):
   loss: Callable[[Any, dict], tuple[Any, dict]]
   eval_sums: Callable[[Any, dict], dict]
+  eval_outputs: Optional[Callable[[Any, dict], dict]] = None
+  finalize: Optional[Callable[[dict], dict]] = None
+
+
+def real_examples(batches: Sequence[dict]) -> dict[str, np.ndarray]:
+  """Per-example outputs of several batches, each ``{name: (B, ...)}`` with a ``mask`` (B,) -> ``{name: (N, ...)}``
+  of the examples with mask 1, concatenated in order (``mask`` itself dropped)."""
+  keep = np.concatenate([np.asarray(batch["mask"], bool) for batch in batches])
+  names = [name for name in batches[0] if name != "mask"]
+  return {name: np.concatenate([np.asarray(batch[name]) for batch in batches])[keep] for name in names}
 
 
 TOP_K = 5  # eval_sums' top-k accuracy (k = the class count when it is smaller)
@@ -91,7 +111,47 @@ def snn_delays() -> Task:
   return Task(loss, eval_sums)
 
 
-TASKS: dict[str, Callable[..., Task]] = {"classification": classification, "snn_delays": snn_delays}
+def tagging(label_smoothing: float = 0.0) -> Task:
+  """Multi-label tagging: logits (N, C) against ``batch['label']`` (N, C), multi-hot or soft (mixup's) targets.
+
+  Loss: binary cross-entropy with logits (``optax.sigmoid_binary_cross_entropy``), the mean over examples and
+  classes (PyTorch's ``BCEWithLogitsLoss``), targets smoothed to (1 - s) t + s / C when ``label_smoothing`` s > 0.
+  DCLS-Audio folds its smoothing into mixup instead (``audio_augment.make_mixup``): use one or the other.
+  Evaluation: the unsmoothed loss (eval_sums) and, over the whole evaluation set, ``tagging_metrics``' mAP, AUC,
+  d_prime and num_classes_scored of the logits (rank-based: the same as of sigmoid probabilities) against the
+  targets, which must be 0/1 there.
+  """
+  if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) or not (
+      0 <= label_smoothing < 1):
+    raise ValueError(f"config.task.label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
+
+  def per_example_loss(logits, targets):
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, targets.astype(logits.dtype)), axis=-1)
+
+  def loss(logits, batch):
+    logits = logits.astype(jnp.float32)
+    targets = batch["label"].astype(jnp.float32)
+    if label_smoothing:
+      targets = optax.smooth_labels(targets, label_smoothing)
+    return jnp.mean(per_example_loss(logits, targets)), {}
+
+  def eval_sums(logits, batch):
+    logits = logits.astype(jnp.float32)
+    mask = batch["mask"].astype(jnp.float32)
+    return {"loss": jnp.sum(per_example_loss(logits, batch["label"]) * mask), "count": jnp.sum(mask)}
+
+  def eval_outputs(logits, batch):
+    return {"scores": logits.astype(jnp.float32), "targets": batch["label"]}
+
+  def finalize(gathered):
+    return {name: float(value) for name, value in
+            tagging_metrics.tagging_metrics(gathered["scores"], gathered["targets"]).items()}
+
+  return Task(loss, eval_sums, eval_outputs, finalize)
+
+
+TASKS: dict[str, Callable[..., Task]] = {"classification": classification, "snn_delays": snn_delays,
+                                         "tagging": tagging}
 
 
 def create_task(task_config) -> Task:

@@ -105,7 +105,7 @@ class Experiment:
     ema_decay = config.optimizer.get("ema_decay", 0.0)
     self.initial_state = step_lib.init_state(params, batch_stats, self.tx, ema=ema_decay > 0)
     input_key = config.get("input_key", "image")  # the batch entry fed to the model ('spikes' for SNNs)
-    task = tasks_lib.create_task(config.get("task", ml_collections.ConfigDict({"name": "classification"})))
+    task = self.task = tasks_lib.create_task(config.get("task", ml_collections.ConfigDict({"name": "classification"})))
     self.train_step = self.parallel.run(
         step_lib.make_train_step(self.model, self.tx, task, seed=config.seed, ema_decay=ema_decay,
                                  input_key=input_key,
@@ -137,13 +137,19 @@ class Experiment:
     return extra_loss
 
   def evaluate(self, state) -> dict[str, float]:
-    """Mean task metrics over the whole eval split (the pipeline pads the last batch and masks the padding)."""
-    totals = None
+    """Task metrics over the whole eval split (the pipeline pads the last batch and masks the padding): the means
+    of the task's sums and, for a task with ``finalize``, its metrics of the per-example outputs of every real
+    example, gathered over devices and batches."""
+    totals, per_example = None, []
     for batch in self.eval_data.epoch(0):
-      sums = self.parallel.to_host(self.eval_step(state, self.parallel.shard_batch(batch)))
+      sums, outputs = self.parallel.to_host(self.eval_step(state, self.parallel.shard_batch(batch)))
       totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+      per_example.append(outputs)
     count = float(totals.pop("count"))
-    return {name: float(value) / count for name, value in totals.items()}
+    metrics = {name: float(value) / count for name, value in totals.items()}
+    if self.task.finalize is not None:
+      metrics.update(self.task.finalize(tasks_lib.real_examples(per_example)))
+    return metrics
 
 
 def _prepare_data_once(dataset_config) -> None:

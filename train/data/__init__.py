@@ -25,7 +25,7 @@ from typing import Callable, Optional
 import tensorflow_datasets as tfds
 from ml_collections import ConfigDict
 
-from train.data import delay_task, digits, gsc, imagenet, shd
+from train.data import audioset, delay_task, digits, gsc, imagenet, shd, synth_tags
 from train.data.pipeline import Pipeline, Transform
 
 __all__ = ["DATASETS", "DatasetEntry", "Pipeline", "Transform", "get_entry", "get_source", "get_transform"]
@@ -54,6 +54,8 @@ DATASETS: dict[str, DatasetEntry] = {
     "gsc": DatasetEntry(gsc.Gsc, gsc.make_transform),
     "delay_task": DatasetEntry(delay_task.DelayTask, shd.make_transform),
     "imagenet2012": DatasetEntry(imagenet.Imagenet2012, imagenet.make_transform),
+    "audioset": DatasetEntry(audioset.Audioset, audioset.make_transform),
+    "synth_tags": DatasetEntry(synth_tags.SynthTags, synth_tags.make_transform),
 }
 
 

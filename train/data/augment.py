@@ -12,7 +12,7 @@ Layouts: images are NHWC numpy arrays, uint8 0..255 before normalisation and flo
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 from ml_collections import ConfigDict
@@ -128,12 +128,15 @@ def rand_augment(image: Image.Image, rng: np.random.Generator, *, num_ops: int, 
 # ---- random erasing ----------------------------------------------------------------------------------------------
 
 def random_erasing(images: np.ndarray, generators: Sequence[np.random.Generator], *, probability: float,
-                   min_area: float = 0.02, max_area: float = 1 / 3, min_aspect: float = 0.3) -> np.ndarray:
-  """timm's RandomErasing(probability, mode='pixel', max_count=1) on a normalised float batch (B, H, W, C).
+                   min_area: float = 0.02, max_area: float = 1 / 3, min_aspect: float = 0.3,
+                   fill: Optional[float] = None) -> np.ndarray:
+  """timm's RandomErasing(probability, max_count=1) on a float batch (B, H, W, C): mode 'pixel' (``fill`` None) or
+  'const' (``fill`` 0; any other number: that constant).
 
   With ``probability``, an example gets one rectangle of a uniform fraction [min_area, max_area] of its area and a
-  log-uniform aspect ratio in [min_aspect, 1 / min_aspect] replaced by N(0, 1) noise per pixel and channel (10 tries
-  to fit the rectangle strictly inside the image, else unchanged). Returns a new array; ``images`` is not changed.
+  log-uniform aspect ratio in [min_aspect, 1 / min_aspect] replaced by N(0, 1) noise per pixel and channel, or by
+  ``fill`` (10 tries to fit the rectangle strictly inside the image, else unchanged). Returns a new array; ``images``
+  is not changed.
   """
   erased = images.copy()
   _, height, width, channels = images.shape
@@ -149,8 +152,8 @@ def random_erasing(images: np.ndarray, generators: Sequence[np.random.Generator]
       if rect_width < width and rect_height < height:
         top = int(rng.integers(0, height - rect_height + 1))
         left = int(rng.integers(0, width - rect_width + 1))
-        image[top:top + rect_height, left:left + rect_width] = rng.standard_normal(
-            (rect_height, rect_width, channels))
+        image[top:top + rect_height, left:left + rect_width] = (
+            rng.standard_normal((rect_height, rect_width, channels)) if fill is None else fill)
         break
   return erased
 

@@ -196,27 +196,16 @@ def normalize(images: np.ndarray) -> np.ndarray:
   return (images.astype(np.float32) / 255.0 - MEAN) / STD
 
 
-def _get(dataset_config: ConfigDict, field: str, default, low: float, high: float, integer: bool = False):
-  """``dataset_config.field`` (``default`` when absent): a number (an int if ``integer``) in [low, high]; ValueError
-  naming the field otherwise."""
-  value = dataset_config.get(field, default)
-  allowed = int if integer else (int, float)
-  if isinstance(value, bool) or not isinstance(value, allowed) or not low <= value <= high:
-    raise ValueError(f"config.dataset.{field} must be {'an int' if integer else 'a number'} in [{low}, {high}], "
-                     f"got {value!r}")
-  return value
-
-
 def make_transform(dataset_config: ConfigDict, *, train: bool) -> pipeline.Transform:
   """The batch transform: encoded ``image`` (B,) and ``label`` (B,) in; ``image`` float32 (B, S, S, 3) NHWC
   normalised and ``label`` int32 (B,) (or float32 (B, 1000) soft targets with ``mixup``) out, S = image_size.
   Fields of ``dataset_config``: see the module docstring."""
-  image_size = _get(dataset_config, "image_size", 224, 1, 4096, integer=True)
-  crop_pct = _get(dataset_config, "crop_pct", 0.875, 0.01, 1.0)
-  num_ops = _get(dataset_config, "randaugment_ops", 2, 0, 16, integer=True)
-  magnitude = _get(dataset_config, "randaugment_magnitude", 9, 0, augment.MAGNITUDE_MAX)
-  magnitude_std = _get(dataset_config, "randaugment_magnitude_std", 0.5, 0, augment.MAGNITUDE_MAX)
-  erasing = _get(dataset_config, "random_erasing", 0.25, 0, 1)
+  image_size = pipeline.config_number(dataset_config, "image_size", 224, 1, 4096, integer=True)
+  crop_pct = pipeline.config_number(dataset_config, "crop_pct", 0.875, 0.01, 1.0)
+  num_ops = pipeline.config_number(dataset_config, "randaugment_ops", 2, 0, 16, integer=True)
+  magnitude = pipeline.config_number(dataset_config, "randaugment_magnitude", 9, 0, augment.MAGNITUDE_MAX)
+  magnitude_std = pipeline.config_number(dataset_config, "randaugment_magnitude_std", 0.5, 0, augment.MAGNITUDE_MAX)
+  erasing = pipeline.config_number(dataset_config, "random_erasing", 0.25, 0, 1)
   mixup_config = dataset_config.get("mixup")
   mix = (augment.make_mixup(mixup_config, num_classes=NUM_CLASSES, draw=MIXUP_DRAW) if mixup_config is not None
          else None)

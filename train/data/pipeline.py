@@ -74,6 +74,17 @@ def _check_int(name: str, value, minimum: int) -> None:
     raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+def config_number(dataset_config, field: str, default, low: float, high: float, integer: bool = False):
+  """``dataset_config.field`` (``default`` when absent): a number (an int if ``integer``) in [low, high]; ValueError
+  naming the field otherwise."""
+  value = dataset_config.get(field, default)
+  allowed = int if integer else (int, float)
+  if isinstance(value, bool) or not isinstance(value, allowed) or not low <= value <= high:
+    raise ValueError(f"config.dataset.{field} must be {'an int' if integer else 'a number'} in [{low}, {high}], "
+                     f"got {value!r}")
+  return value
+
+
 def _read(source: Sequence[Example], records: list[int]) -> list[Example]:
   """The examples at ``records``, in one batched read where the source supports it (tfds data sources do)."""
   read_many = getattr(source, "__getitems__", None)
