@@ -16,6 +16,7 @@ SIGTERM (pre-emption) saves a checkpoint at the next step boundary and exits wit
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -42,6 +43,7 @@ from train import plots
 from train import step as step_lib
 from train import tasks as tasks_lib
 from train.data import pipeline as pipeline_lib
+from train.data import sampling
 
 REQUIRED_FIELDS = ("seed", "batch_size", "num_epochs", "model.name", "dataset.name", "optimizer.name",
                    "optimizer.learning_rate", "schedule.name", "parallel", "checkpoint.every_steps",
@@ -88,9 +90,13 @@ class Experiment:
     transform = data_lib.get_transform(config.dataset, train=True)
     loading = dict(prefetch=config.dataset.get("prefetch", 2), cache=config.dataset.get("cache", False),
                    worker_count=config.dataset.get("worker_count", 0))
+    train_source = data_lib.get_source(config.dataset, config.dataset.train_split)
+    sampler = None
+    if config.dataset.get("balanced_sampling", False):  # multi-label data: every class equally often per epoch
+      sampler = functools.partial(sampling.balanced_order, sampling.labels_of(train_source))
     self.train_data = pipeline_lib.Pipeline(
-        data_lib.get_source(config.dataset, config.dataset.train_split), batch_size=batch_size, seed=config.seed,
-        shuffle=True, drop_remainder=True, transform=transform, **loading, **process)
+        train_source, batch_size=batch_size, seed=config.seed, shuffle=True, drop_remainder=True,
+        transform=transform, sampler=sampler, **loading, **process)
     self.eval_data = pipeline_lib.Pipeline(
         data_lib.get_source(config.dataset, config.dataset.eval_split), batch_size=batch_size, seed=config.seed,
         shuffle=False, drop_remainder=False, transform=data_lib.get_transform(config.dataset, train=False),

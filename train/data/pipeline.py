@@ -27,7 +27,7 @@ processes.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import grain
 import numpy as np
@@ -118,11 +118,15 @@ class Pipeline:
     worker_count: worker processes producing batches (0: none); ``source`` and ``transform`` must pickle.
     cache: decode the whole source once into memory, then batch by indexing (small datasets: decoding a tfds
       record costs ~50 us, more than a small training step's share of it).
+    sampler: ``sampler(rng) -> (N,) record indices``, the epoch's order drawn from the epoch's generator instead of
+      a permutation (repeats allowed: ``sampling.balanced_order``); only with ``shuffle``. Repeats of a record in
+      one epoch share its augmentation draws (``ExampleRandom`` is keyed by the record).
   """
 
   def __init__(self, source: Sequence[Example], *, batch_size: int, seed: int, shuffle: bool,
                drop_remainder: bool, transform: Transform, process_index: int = 0, process_count: int = 1,
-               prefetch: int = 2, worker_count: int = 0, cache: bool = False):
+               prefetch: int = 2, worker_count: int = 0, cache: bool = False,
+               sampler: Optional[Callable[[np.random.Generator], np.ndarray]] = None):
     _check_int("batch_size", batch_size, 1)
     _check_int("seed", seed, 0)
     _check_int("process_count", process_count, 1)
@@ -133,12 +137,14 @@ class Pipeline:
       raise ValueError(f"process_index must be < process_count={process_count}, got {process_index}")
     if not callable(transform):
       raise ValueError(f"transform must be callable(batch, random) -> batch, got {transform!r}")
+    if sampler is not None and not shuffle:
+      raise ValueError("sampler replaces the shuffled order: it needs shuffle=True")
     num_records, global_batch_size = len(source), batch_size * process_count
     if num_records == 0 or (drop_remainder and num_records < global_batch_size):
       raise ValueError(f"batch_size * process_count = {global_batch_size} exceeds the {num_records} records of "
                        "the source: an epoch would have no full batch")
 
-    self._source, self._transform = source, transform
+    self._source, self._transform, self._sampler = source, transform, sampler
     self._cached = _stack(_read(source, list(range(num_records)))) if cache else None
     self._batch_size, self._seed, self._shuffle = batch_size, seed, shuffle
     self._process_index, self._process_count = process_index, process_count
@@ -153,8 +159,13 @@ class Pipeline:
     _check_int("start_step", start_step, 0)
     if start_step > self.steps_per_epoch:
       raise ValueError(f"start_step must be <= steps_per_epoch={self.steps_per_epoch}, got {start_step}")
-    order = (np.random.default_rng((self._seed, epoch)).permutation(self._num_records) if self._shuffle
-             else np.arange(self._num_records))
+    rng = np.random.default_rng((self._seed, epoch))
+    if self._sampler is not None:
+      order = np.asarray(self._sampler(rng))
+      if order.shape != (self._num_records,):
+        raise ValueError(f"sampler must return ({self._num_records},) record indices, got shape {order.shape}")
+    else:
+      order = rng.permutation(self._num_records) if self._shuffle else np.arange(self._num_records)
     batches = grain.MapDataset.range(start_step, self.steps_per_epoch).map(
         functools.partial(self._load_batch, epoch, order))
     loader = batches.to_iter_dataset(
