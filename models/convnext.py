@@ -141,19 +141,21 @@ class Downsample(nnx.Module):
 
 
 class DepthwiseConv(nnx.Conv):
-  """A dense k x k depthwise conv, 'same' padding: ``nnx.Conv``'s parameters (kernel (k, k, 1, dim), bias) computed
-  by ``dcls_jax.conv``, which picks the FFT where XLA's own depthwise convolution is slow (CPU, k > 3)."""
+  """A dense k x k depthwise conv, 'same' padding: ``nnx.Conv``'s parameters (kernel (k, k, 1, dim), bias unless
+  ``use_bias=False``) computed by ``dcls_jax.conv``, which picks the FFT where XLA's own depthwise convolution is
+  slow (CPU, k > 3)."""
 
-  def __init__(self, dim: int, kernel_size: int, *, conv_algorithm: str = "auto", rngs: nnx.Rngs):
+  def __init__(self, dim: int, kernel_size: int, *, use_bias: bool = True, conv_algorithm: str = "auto",
+               rngs: nnx.Rngs):
     super().__init__(dim, dim, (kernel_size, kernel_size), padding=kernel_size // 2, feature_group_count=dim,
-                     kernel_init=_TRUNC_NORMAL, bias_init=_ZEROS, rngs=rngs)
+                     use_bias=use_bias, kernel_init=_TRUNC_NORMAL, bias_init=_ZEROS, rngs=rngs)
     self.conv_algorithm = conv_algorithm
 
   def __call__(self, x):
     kernel = jnp.transpose(self.kernel[...], (3, 2, 0, 1))  # (k, k, 1, O) -> torch layout (O, 1, k, k)
     y = conv_lib.conv(x, kernel, padding=self.padding, feature_group_count=self.feature_group_count,
                       algorithm=self.conv_algorithm, precision=self.precision)
-    return y + self.bias[...]
+    return y if self.bias is None else y + self.bias[...]
 
 
 class Block(nnx.Module):

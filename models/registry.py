@@ -13,13 +13,21 @@ from typing import Any, Callable, Mapping
 
 from flax import nnx
 
+from models import convformer
 from models import convnext
+from models import fastvit
+from models import pann
 from models import snn_delays
 
 MODELS: dict[str, Callable[..., nnx.Module]] = {
     "convnext": convnext.ConvNeXt,  # explicit depths, dims, dwconv
     "convnext_size": convnext.ConvNeXt.from_size,  # a standard size: T, S, B; dwconv conv | v0 | gauss
     "snn_delays": snn_delays.SnnDelays,
+    "convformer": convformer.ConvFormer,  # explicit depths, dims, dwconv; input (B, n_mels, T, 1)
+    "convformer_s18": convformer.ConvFormer.s18,  # the DCLS-Audio size; dwconv conv | dcls
+    "fastvit": fastvit.FastViT,  # explicit layers, embed_dims, token_mixers, pos_embs, dwconv
+    "fastvit_sa24": fastvit.FastViT.sa24,  # the DCLS-Audio size; dwconv conv | dcls
+    "pann": pann.Pann,  # variant: cnn6 | cnn10 | cnn14 | cnn14_sep | cnn14_sep_pw | cnn6_next | cnn10_next | cnn14_next
 }
 
 

@@ -18,7 +18,8 @@ def fixtures(arch_folder: str) -> list[str]:
                 if path.endswith((".npz", ".json")))
 
 
-@pytest.mark.parametrize("path", fixtures("dcls_layer") + fixtures("snn_delays") + fixtures("convnext_dcls"),
+@pytest.mark.parametrize("path", fixtures("dcls_layer") + fixtures("snn_delays") + fixtures("convnext_dcls")
+                         + fixtures("dcls_audio_convformer") + fixtures("dcls_audio_fastvit"),
                          ids=lambda path: os.path.relpath(path, SHARED_FIXTURES))
 def test_parity_with_the_reference_fixture(path, capsys):
   meta, arrays = parity.load(path)
