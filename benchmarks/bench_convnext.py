@@ -22,10 +22,6 @@ inference, 0.936 for v0). Median over ``--steps`` timed calls after a compile ca
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +29,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from benchmarks import common
 from dcls_jax import nnx as dcls_nnx
 from dcls_jax import optim as dcls_optim
 from models import convnext
@@ -48,17 +45,6 @@ VARIANTS = {  # ratios are to "plain 7x7", whose conv dcls_jax.conv chooses as f
     "dcls v0 d17 Kc34": convnext.DepthwiseConfig(kind="dcls", kernel_size=17, kernel_count=34, version="v0"),
     "dcls gauss d23 Kc26": convnext.DepthwiseConfig(kind="dcls", kernel_size=23, kernel_count=26, version="gauss"),
 }
-
-
-def _timed(fn, steps: int) -> float:
-  """Median seconds of fn() (which blocks) after one untimed call."""
-  fn()
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def _optimizer_config() -> ml_collections.ConfigDict:
@@ -88,13 +74,13 @@ def measure(dwconv, args, batch) -> dict[str, float]:
 
   predict = jax.jit(lambda p, x: model.apply(p, batch_stats, x, train=False)[0])
   images = jnp.asarray(batch["image"])
-  seconds = {"train": _timed(train, args.steps),
-             "inference": _timed(lambda: jax.block_until_ready(predict(params, images)), args.steps)}
+  seconds = {"train": common.timed(train, args.steps),
+             "inference": common.timed(lambda: jax.block_until_ready(predict(params, images)), args.steps)}
   layers = [m for _, m in nnx.iter_modules(module) if isinstance(m, dcls_nnx.DclsConv)]
   if layers:
     construct = jax.jit(jax.grad(lambda p: sum(jnp.sum(m.spec.kernel(*w) ** 2) for m, w in zip(layers, p))))
     inputs = [(m.weight[...], m.positions[...], None if m.sigmas is None else m.sigmas[...]) for m in layers]
-    seconds["construction"] = _timed(lambda: jax.block_until_ready(construct(inputs)), args.steps)
+    seconds["construction"] = common.timed(lambda: jax.block_until_ready(construct(inputs)), args.steps)
   return seconds
 
 
@@ -112,8 +98,7 @@ def main():
   rng = np.random.default_rng(0)
   batch = {"image": rng.standard_normal((args.batch, args.image_size, args.image_size, 3)).astype(np.float32),
            "label": rng.integers(0, 1000, args.batch).astype(np.int32)}
-  print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__}"
-        f" backend={jax.default_backend()}; ConvNeXt depths {args.depths} dims {args.dims}, batch {args.batch},"
+  print(f"{common.machine()}; ConvNeXt depths {args.depths} dims {args.dims}, batch {args.batch},"
         f" {args.image_size} px")
   results = {name: measure(dwconv, args, batch) for name, dwconv in VARIANTS.items()}
   plain = results["plain 7x7"]

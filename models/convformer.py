@@ -31,18 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dcls_jax import nnx as dcls_nnx
 from dcls_jax import sharing
 from models import convnext
+from models import dcls_audio
 
-_TRUNC_NORMAL = nnx.initializers.truncated_normal(stddev=0.02)  # Linear and Conv weights
-_DCLS_WEIGHT = nnx.initializers.normal(stddev=0.02)  # DCLS-Audio's replacement: a plain normal
-_ZEROS = nnx.initializers.zeros_init()
-
-# The token mixer's depthwise conv in DCLS-Audio (spec audio.md 4.1, 4.4): the dense 7x7 baseline, or Gaussian
-# DCLS with a 23 x 23 dilated kernel and 26 elements per channel.
-DWCONVS = {"conv": convnext.DepthwiseConfig(kind="conv", kernel_size=7),
-           "dcls": convnext.DepthwiseConfig(kernel_size=23, kernel_count=26, version="gauss")}
+_TRUNC_NORMAL, _ZEROS = convnext.TRUNC_NORMAL, convnext.ZEROS  # Linear and conv weights, biases
 # Expansion of the SepConv token mixer (2d channels in the depthwise conv).
 SEPCONV_EXPANSION = 2
 
@@ -91,17 +84,6 @@ class Downsample(nnx.Module):
     return self.conv(self.pre_norm(x))
 
 
-def depthwise_conv(width: int, dw: convnext.DepthwiseConfig, *, rngs: nnx.Rngs) -> nnx.Module:
-  """The SepConv's depthwise conv on ``width`` channels, 'same' padding, no bias: dense or DCLS (DCLS-Audio's init:
-  weights N(0, 0.02^2), positions N(0, 0.5^2) clipped to the kernel, sigmas 0.23)."""
-  if dw.kind == "conv":
-    return convnext.DepthwiseConv(width, dw.kernel_size, use_bias=False, conv_algorithm=dw.conv_algorithm,
-                                  rngs=rngs)
-  return dcls_nnx.DclsConv(width, width, dw.kernel_count, (dw.kernel_size,) * 2, padding=dw.kernel_size // 2,
-                           feature_group_count=width, use_bias=False, version=dw.version,
-                           conv_algorithm=dw.conv_algorithm, weight_init=_DCLS_WEIGHT, rngs=rngs)
-
-
 class SepConv(nnx.Module):
   """The token mixer, (N, H, W, dim) -> same shape: Linear -> StarReLU -> depthwise conv -> Linear, no biases.
 
@@ -114,7 +96,7 @@ class SepConv(nnx.Module):
     width = SEPCONV_EXPANSION * dim
     self.pwconv1 = _linear(dim, width, use_bias=False, rngs=rngs)
     self.act1 = StarReLU()
-    build = lambda: depthwise_conv(width, dw, rngs=rngs)
+    build = lambda: dcls_audio.depthwise_conv(width, dw, use_bias=False, rngs=rngs)
     self.dwconv = build() if positions is None else positions.make(width, build)
     self.pwconv2 = _linear(width, dim, use_bias=False, rngs=rngs)
 
@@ -179,8 +161,8 @@ class ConvFormer(nnx.Module):
   Args:
     num_classes: logits per clip (527 for AudioSet).
     depths, dims: blocks and channels per stage.
-    dwconv: the token mixers' depthwise conv: 'conv', 'dcls' (``DWCONVS``) or a ``DepthwiseConfig`` (or its fields
-      as a dict). DCLS positions and sigmas are shared per stage (by growing width) if ``share_positions``.
+    dwconv: the token mixers' depthwise conv: 'conv', 'dcls' (``dcls_audio.DWCONVS``) or a ``DepthwiseConfig`` (or
+      its fields as a dict). DCLS positions and sigmas are shared per stage (by growing width) if ``share_positions``.
     mlp_ratio: hidden width of each block's Mlp, in units of the stage's dim.
     res_scale_stages: per stage, whether its blocks scale their residual paths (DCLS-Audio: the last two).
     head_ratio: hidden width of the MlpHead, in units of dims[-1].
@@ -200,7 +182,7 @@ class ConvFormer(nnx.Module):
     if len(res_scale_stages) != len(depths):
       raise ValueError(f"res_scale_stages={tuple(res_scale_stages)}: expected one boolean per stage "
                        f"({len(depths)}).")
-    dw = _depthwise_config(dwconv)
+    dw = dcls_audio.depthwise_config(dwconv)
     downsamples = [Downsample(dims[i - 1], dims[i], rngs=rngs) for i in range(1, len(dims))]
     self.downsample_layers = nnx.List([Stem(in_chans, dims[0], tuple(stem_patch), rngs=rngs)] + downsamples)
 
@@ -235,13 +217,3 @@ class ConvFormer(nnx.Module):
 
   def __call__(self, x):
     return self.head(self.features(x))
-
-
-def _depthwise_config(dwconv) -> convnext.DepthwiseConfig:
-  if isinstance(dwconv, convnext.DepthwiseConfig):
-    return dwconv
-  if isinstance(dwconv, str):
-    if dwconv not in DWCONVS:
-      raise ValueError(f"dwconv={dwconv!r}: expected one of {sorted(DWCONVS)} or a DepthwiseConfig.")
-    return DWCONVS[dwconv]
-  return convnext.DepthwiseConfig(**dict(dwconv))

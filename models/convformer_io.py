@@ -17,9 +17,9 @@ import optax
 from flax import nnx
 
 from dcls_jax import nnx as dcls_nnx
-from models import audio_frontend
 from models import convformer
 from models import convnext
+from models import dcls_audio
 from models import torch_table as tt
 
 STAR_RELU = {"scale": ("scale", tt.SAME), "bias": ("bias", tt.SAME)}
@@ -106,19 +106,6 @@ def model_from_reference(config: Mapping[str, Any], *, conv_algorithm: str = "au
                                stem_patch=kernel, drop_path_rate=config["drop_path_rate"], rngs=nnx.Rngs(0))
 
 
-def reference_front_end(config: Mapping[str, Any], waveform: np.ndarray) -> dict[str, np.ndarray]:
-  """DCLS-Audio's eval front end on ``waveform`` (B, clip_samples): ``output/spectrogram`` (B, 1, n_mels, T), the
-  network's input in the reference's NCHW layout, and ``output/mel_fb`` (n_fft // 2 + 1, n_mels)."""
-  if waveform.ndim != 2 or waveform.shape[1] != config["clip_samples"]:
-    raise ValueError(f"input/waveform has shape {waveform.shape}; expected (B, config.clip_samples = "
-                     f"{config['clip_samples']})")
-  front_end = audio_frontend.LogMelConfig.from_reference(config)
-  mel_fb = front_end.mel_matrix()
-  spectrogram = audio_frontend.log_mel(jnp.asarray(waveform, jnp.float32), front_end, mel_fb)  # (B, T, n_mels)
-  return {"output/spectrogram": np.asarray(jnp.swapaxes(spectrogram, 1, 2)[:, None]),
-          "output/mel_fb": mel_fb.astype(np.float32)}
-
-
 def run_fixture(meta: Mapping, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Arch ``dcls_audio_convformer``. Eval: our front end's spectrogram and filterbank, then the network on the
   fixture's ``output/spectrogram``: features, logits, every DCLS kernel. Train: logits, the mean binary
@@ -150,7 +137,8 @@ def run_fixture(meta: Mapping, arrays: Mapping[str, np.ndarray]) -> dict[str, np
     grads, out = nnx.jit(nnx.grad(loss_fn, has_aux=True))(model)
     out.update({f"grad/{k}": v for k, v in to_torch(model, nnx.to_pure_dict(grads)).items()})
   else:
-    out = nnx.jit(network)(model) | dcls_kernels(model) | reference_front_end(config, arrays["input/waveform"])
+    out = (nnx.jit(network)(model) | dcls_kernels(model)
+           | dcls_audio.reference_front_end(config, arrays["input/waveform"]))
   return {k: np.asarray(v) for k, v in out.items()}
 
 

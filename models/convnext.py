@@ -23,7 +23,7 @@ pwconv2,gamma}``, ``norm``, ``head``); ``models/convnext_io.py`` converts checkp
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,8 +34,10 @@ from dcls_jax import conv as conv_lib
 from dcls_jax import nnx as dcls_nnx
 from dcls_jax import sharing
 
-_TRUNC_NORMAL = nnx.initializers.truncated_normal(stddev=0.02, lower=-2.0, upper=2.0)  # timm trunc_normal_(std=.02)
-_ZEROS = nnx.initializers.zeros_init()
+# timm's trunc_normal_(std=.02) cuts at +-2 ABSOLUTE, i.e. +-100 standard deviations: in effect N(0, 0.02^2).
+# (jax's bounds are in standard deviations: its default +-2 would shrink the std to 0.0176.)
+TRUNC_NORMAL = nnx.initializers.truncated_normal(stddev=0.02, lower=-100.0, upper=100.0)
+ZEROS = nnx.initializers.zeros_init()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +113,7 @@ def _strided_conv(in_dim: int, out_dim: int, size, *, stride=None, padding=0, rn
   sides, each an int or an (h, w) pair: the stem's patchify and the downsampling conv."""
   size = _pair(size)
   return nnx.Conv(in_dim, out_dim, size, strides=size if stride is None else _pair(stride),
-                  padding=[(p, p) for p in _pair(padding)], kernel_init=_TRUNC_NORMAL, bias_init=_ZEROS, rngs=rngs)
+                  padding=[(p, p) for p in _pair(padding)], kernel_init=TRUNC_NORMAL, bias_init=ZEROS, rngs=rngs)
 
 
 class Stem(nnx.Module):
@@ -148,7 +150,7 @@ class DepthwiseConv(nnx.Conv):
   def __init__(self, dim: int, kernel_size: int, *, use_bias: bool = True, conv_algorithm: str = "auto",
                rngs: nnx.Rngs):
     super().__init__(dim, dim, (kernel_size, kernel_size), padding=kernel_size // 2, feature_group_count=dim,
-                     use_bias=use_bias, kernel_init=_TRUNC_NORMAL, bias_init=_ZEROS, rngs=rngs)
+                     use_bias=use_bias, kernel_init=TRUNC_NORMAL, bias_init=ZEROS, rngs=rngs)
     self.conv_algorithm = conv_algorithm
 
   def __call__(self, x):
@@ -156,6 +158,29 @@ class DepthwiseConv(nnx.Conv):
     y = conv_lib.conv(x, kernel, padding=self.padding, feature_group_count=self.feature_group_count,
                       algorithm=self.conv_algorithm, precision=self.precision)
     return y if self.bias is None else y + self.bias[...]
+
+
+def depthwise_config(dwconv, presets: Mapping[str, DepthwiseConfig]) -> DepthwiseConfig:
+  """A name of ``presets``, a ``DepthwiseConfig`` or its fields as a dict -> a ``DepthwiseConfig``."""
+  if isinstance(dwconv, DepthwiseConfig):
+    return dwconv
+  if isinstance(dwconv, str):
+    if dwconv not in presets:
+      raise ValueError(f"dwconv={dwconv!r}: expected one of {sorted(presets)}, a DepthwiseConfig or its fields.")
+    return presets[dwconv]
+  return DepthwiseConfig(**dict(dwconv))
+
+
+def depthwise_conv(dim: int, dw: DepthwiseConfig, *, use_bias: bool = True, dcls_weight_init=TRUNC_NORMAL,
+                   rngs: nnx.Rngs) -> nnx.Module:
+  """A 'same' depthwise conv on ``dim`` channels, (N, H, W, dim) -> same shape: a dense ``DepthwiseConv`` or a DCLS
+  ``DclsConv`` (weights from ``dcls_weight_init``, positions and sigmas from the reference's defaults, bias 0)."""
+  if dw.kind == "conv":
+    return DepthwiseConv(dim, dw.kernel_size, use_bias=use_bias, conv_algorithm=dw.conv_algorithm, rngs=rngs)
+  return dcls_nnx.DclsConv(dim, dim, dw.kernel_count, (dw.kernel_size,) * 2, padding=dw.kernel_size // 2,
+                           feature_group_count=dim, use_bias=use_bias, version=dw.version,
+                           conv_algorithm=dw.conv_algorithm, weight_init=dcls_weight_init, bias_init=ZEROS,
+                           rngs=rngs)
 
 
 class Block(nnx.Module):
@@ -166,16 +191,10 @@ class Block(nnx.Module):
 
   def __init__(self, dim: int, dw: DepthwiseConfig, *, drop_path: float, layer_scale_init: float,
                rngs: nnx.Rngs):
-    if dw.kind == "conv":
-      self.dwconv = DepthwiseConv(dim, dw.kernel_size, conv_algorithm=dw.conv_algorithm, rngs=rngs)
-    else:
-      self.dwconv = dcls_nnx.DclsConv(
-          dim, dim, dw.kernel_count, (dw.kernel_size,) * 2, padding=dw.kernel_size // 2, feature_group_count=dim,
-          version=dw.version, conv_algorithm=dw.conv_algorithm, weight_init=_TRUNC_NORMAL, bias_init=_ZEROS,
-          rngs=rngs)
+    self.dwconv = depthwise_conv(dim, dw, rngs=rngs)
     self.norm = LayerNorm(dim, rngs=rngs)
-    self.pwconv1 = nnx.Linear(dim, 4 * dim, kernel_init=_TRUNC_NORMAL, bias_init=_ZEROS, rngs=rngs)
-    self.pwconv2 = nnx.Linear(4 * dim, dim, kernel_init=_TRUNC_NORMAL, bias_init=_ZEROS, rngs=rngs)
+    self.pwconv1 = nnx.Linear(dim, 4 * dim, kernel_init=TRUNC_NORMAL, bias_init=ZEROS, rngs=rngs)
+    self.pwconv2 = nnx.Linear(4 * dim, dim, kernel_init=TRUNC_NORMAL, bias_init=ZEROS, rngs=rngs)
     self.gamma = (nnx.Param(jnp.full((dim,), layer_scale_init, jnp.float32)) if layer_scale_init > 0
                   else nnx.data(None))
     # Stochastic depth: the residual branch dropped per sample (a dropout mask broadcast over H, W, C); without
@@ -191,7 +210,75 @@ class Block(nnx.Module):
     return x + (y if self.drop_path is None else self.drop_path(y))
 
 
-class ConvNeXt(nnx.Module):
+def classifier(dim: int, num_classes: int, *, head_init_scale: float = 1.0, rngs: nnx.Rngs) -> nnx.Linear:
+  """The head: Linear dim -> num_classes, trunc-normal(0.02) weight and zero bias, both times ``head_init_scale``."""
+  head = nnx.Linear(dim, num_classes, kernel_init=TRUNC_NORMAL, bias_init=ZEROS, rngs=rngs)
+  head.kernel[...] = head.kernel[...] * head_init_scale
+  head.bias[...] = head.bias[...] * head_init_scale
+  return head
+
+
+POSITION_SHARING = ("stage", "growing_width")
+
+
+class Body(nnx.Module):
+  """A ConvNeXt stem and stages: ``downsample_layers`` (the ``Stem``, then a ``Downsample`` before every later
+  stage) and ``stages`` (lists of ``Block``), named as the references. The ConvNeXt-shaped models (the classifier
+  here, the audio taggers) build on it.
+
+  Args:
+    depths, dims: blocks and channels per stage.
+    dwconv: the blocks' depthwise convolution (``DepthwiseConfig`` or its fields as a dict).
+    in_chans: input channels.
+    stem_kernel, stem_stride, stem_padding: the ``Stem`` conv (ints or (h, w) pairs; stride defaults to kernel).
+    drop_path_rate: stochastic depth, linearly increasing over blocks from 0 up to this rate.
+    layer_scale_init: initial value of each block's gamma (0: no layer scale).
+    position_sharing: with ``dwconv.share_positions``, which DCLS layers hold one positions (and sigmas) Variable
+      (``dcls_jax.sharing``): 'stage' (ConvNeXt-dcls: the blocks of a stage) or 'growing_width' (DCLS-Audio's
+      rule: a new set whenever a stage is wider than all before; equal-width stages share).
+  """
+
+  def __init__(self, *, depths: Sequence[int], dims: Sequence[int], dwconv, in_chans: int, stem_kernel,
+               stem_stride=None, stem_padding=0, drop_path_rate: float = 0.0, layer_scale_init: float = 1e-6,
+               position_sharing: str = "stage", rngs: nnx.Rngs):
+    if len(depths) != len(dims) or not depths:
+      raise ValueError(f"depths={tuple(depths)} and dims={tuple(dims)}: expected two non-empty sequences of the"
+                       " same length (one entry per stage).")
+    if position_sharing not in POSITION_SHARING:
+      raise ValueError(f"position_sharing={position_sharing!r}: expected one of {POSITION_SHARING}.")
+    dw = dwconv if isinstance(dwconv, DepthwiseConfig) else DepthwiseConfig(**dict(dwconv))
+    downsamples = [Downsample(dims[i - 1], dims[i], rngs=rngs) for i in range(1, len(dims))]
+    stem = Stem(in_chans, dims[0], stem_kernel, stride=stem_stride, padding=stem_padding, rngs=rngs)
+    self.downsample_layers = nnx.List([stem] + downsamples)
+
+    rates = iter(np.linspace(0.0, drop_path_rate, sum(depths)).tolist())  # static: a Python float per block
+    shared = dw.kind == "dcls" and dw.share_positions
+    growing = sharing.GrowingWidth()
+    stages = []
+    for depth, dim in zip(depths, dims):
+      blocks = [Block(dim, dw, drop_path=next(rates), layer_scale_init=layer_scale_init, rngs=rngs)
+                for _ in range(depth)]
+      if shared and position_sharing == "stage":
+        for name in ("positions", "sigmas"):
+          sharing.tie([block.dwconv for block in blocks], name)
+      elif shared:
+        for block in blocks:  # each block's DCLS layer joins the current positions/sigmas, or starts new ones
+          growing.make(dim, lambda block=block: block.dwconv)
+      stages.append(nnx.List(blocks))
+    self.stages = nnx.List(stages)
+
+  def stage_outputs(self, x) -> list[jax.Array]:
+    """(N, H, W, in_chans) -> the output of every stage after its last block, (N, H_i, W_i, dims[i]) each."""
+    outputs = []
+    for downsample, stage in zip(self.downsample_layers, self.stages):
+      x = downsample(x)
+      for block in stage:
+        x = block(x)
+      outputs.append(x)
+    return outputs
+
+
+class ConvNeXt(Body):
   """ConvNeXt / ConvNeXt-dcls classifier; ``ConvNeXt.from_size('T', dwconv='v0')`` builds a standard size.
 
   Args:
@@ -209,27 +296,10 @@ class ConvNeXt(nnx.Module):
                dims: Sequence[int] = (96, 192, 384, 768), dwconv=DepthwiseConfig(), in_chans: int = 3,
                patch_size: int = 4, drop_path_rate: float = 0.0, layer_scale_init: float = 1e-6,
                head_init_scale: float = 1.0, rngs: nnx.Rngs):
-    if len(depths) != len(dims) or not depths:
-      raise ValueError(f"depths={tuple(depths)} and dims={tuple(dims)}: expected two non-empty sequences of the"
-                       " same length (one entry per stage).")
-    dw = dwconv if isinstance(dwconv, DepthwiseConfig) else DepthwiseConfig(**dict(dwconv))
-    downsamples = [Downsample(dims[i - 1], dims[i], rngs=rngs) for i in range(1, len(dims))]
-    self.downsample_layers = nnx.List([Stem(in_chans, dims[0], patch_size, rngs=rngs)] + downsamples)
-
-    rates = iter(np.linspace(0.0, drop_path_rate, sum(depths)).tolist())  # static: a Python float per block
-    stages = []
-    for depth, dim in zip(depths, dims):
-      blocks = [Block(dim, dw, drop_path=next(rates), layer_scale_init=layer_scale_init, rngs=rngs)
-                for _ in range(depth)]
-      if dw.kind == "dcls" and dw.share_positions:
-        for name in ("positions", "sigmas"):
-          sharing.tie([block.dwconv for block in blocks], name)
-      stages.append(nnx.List(blocks))
-    self.stages = nnx.List(stages)
+    super().__init__(depths=depths, dims=dims, dwconv=dwconv, in_chans=in_chans, stem_kernel=patch_size,
+                     drop_path_rate=drop_path_rate, layer_scale_init=layer_scale_init, rngs=rngs)
     self.norm = LayerNorm(dims[-1], rngs=rngs)
-    self.head = nnx.Linear(dims[-1], num_classes, kernel_init=_TRUNC_NORMAL, bias_init=_ZEROS, rngs=rngs)
-    self.head.kernel[...] = self.head.kernel[...] * head_init_scale
-    self.head.bias[...] = self.head.bias[...] * head_init_scale
+    self.head = classifier(dims[-1], num_classes, head_init_scale=head_init_scale, rngs=rngs)
 
   @classmethod
   def from_size(cls, size: str, *, num_classes: int = 1000, dwconv="v0", rngs: nnx.Rngs, **kwargs) -> "ConvNeXt":
@@ -245,16 +315,6 @@ class ConvNeXt(nnx.Module):
     dw = dwconv if isinstance(dwconv, DepthwiseConfig) else spec.dwconv(dwconv)
     kwargs.setdefault("drop_path_rate", spec.drop_path_rate)
     return cls(num_classes, depths=spec.depths, dims=spec.dims, dwconv=dw, rngs=rngs, **kwargs)
-
-  def stage_outputs(self, x) -> list[jax.Array]:
-    """(N, H, W, in_chans) -> the output of every stage after its last block, (N, H_i, W_i, dims[i]) each."""
-    outputs = []
-    for downsample, stage in zip(self.downsample_layers, self.stages):
-      x = downsample(x)
-      for block in stage:
-        x = block(x)
-      outputs.append(x)
-    return outputs
 
   def pool(self, x):
     """Last stage output (N, H, W, dims[-1]) -> pooled, normalised features (N, dims[-1]): the head's input."""

@@ -42,20 +42,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dcls_jax import nnx as dcls_nnx
 from dcls_jax import sharing
 from models import convnext
+from models import dcls_audio
 from models.layers import BatchNorm
 
-_TRUNC_NORMAL = nnx.initializers.truncated_normal(stddev=0.02, lower=-2.0, upper=2.0)  # timm trunc_normal_(std=.02)
 _TORCH_CONV = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")  # torch's default: U(+-1/sqrt(fan_in))
-_DCLS_WEIGHT = nnx.initializers.normal(stddev=0.02)  # DCLS-Audio's replacement: a plain normal
-_ZEROS = nnx.initializers.zeros_init()
-
-# The depthwise conv of ConvFFN and RepCPE (spec audio.md 4.1, 4.5): the dense 7x7 baseline, or Gaussian DCLS with
-# a 23 x 23 dilated kernel and 26 elements per channel.
-DWCONVS = {"conv": convnext.DepthwiseConfig(kind="conv", kernel_size=7),
-           "dcls": convnext.DepthwiseConfig(kernel_size=23, kernel_count=26, version="gauss")}
+_TRUNC_NORMAL, _ZEROS = convnext.TRUNC_NORMAL, convnext.ZEROS  # Linear and ConvFFN weights, biases
 TOKEN_MIXERS = ("repmixer", "attention")
 STEM_PATCH = (2, 16)  # (mel, time) size and stride of the stem conv
 REPMIXER_KERNEL = 3  # RepMixer's depthwise kernel size
@@ -63,17 +56,6 @@ DOWN_PATCH, DOWN_SMALL, DOWN_STRIDE = 7, 3, 2  # PatchEmbed's large and small ke
 HEAD_DIM = 32  # MHSA channels per head
 CLS_RATIO = 2  # conv_exp widens dims[-1] by this factor
 SE_RATIO = 16  # squeeze-excite reduction: channels // 16
-
-
-def depthwise_conv(width: int, dw: convnext.DepthwiseConfig, *, use_bias: bool, rngs: nnx.Rngs) -> nnx.Module:
-  """A depthwise conv on ``width`` channels, 'same' padding: dense or DCLS (DCLS-Audio's init: weights N(0, 0.02^2),
-  positions N(0, 0.5^2) clipped to the kernel, sigmas 0.23, bias 0)."""
-  if dw.kind == "conv":
-    return convnext.DepthwiseConv(width, dw.kernel_size, use_bias=use_bias, conv_algorithm=dw.conv_algorithm,
-                                  rngs=rngs)
-  return dcls_nnx.DclsConv(width, width, dw.kernel_count, (dw.kernel_size,) * 2, padding=dw.kernel_size // 2,
-                           feature_group_count=width, use_bias=use_bias, version=dw.version,
-                           conv_algorithm=dw.conv_algorithm, weight_init=_DCLS_WEIGHT, bias_init=_ZEROS, rngs=rngs)
 
 
 def _conv(in_dim: int, out_dim: int, kernel_size: int, *, stride: int = 1, groups: int = 1, use_bias: bool,
@@ -379,8 +361,9 @@ class FastViT(nnx.Module):
     mlp_ratios: per stage, the ConvFFN hidden width in units of the stage's width.
     token_mixers: per stage, 'repmixer' or 'attention'.
     pos_embs: per stage, whether a RepCPE precedes its blocks (FastViT-SA: the last stage only).
-    dwconv: the depthwise conv of ConvFFN and RepCPE: 'conv', 'dcls' (``DWCONVS``) or a ``DepthwiseConfig`` (or its
-      fields as a dict). DCLS positions and sigmas are shared by growing width if ``share_positions``.
+    dwconv: the depthwise conv of ConvFFN and RepCPE: 'conv', 'dcls' (``dcls_audio.DWCONVS``) or a
+      ``DepthwiseConfig`` (or its fields as a dict). DCLS positions and sigmas are shared by growing width if
+      ``share_positions``.
     drop_path_rate: stochastic depth, linearly increasing over blocks from 0 up to this rate.
     layer_scale_init: initial value of every layer scale (DCLS-Audio's command line: 1e-6).
 
@@ -394,11 +377,11 @@ class FastViT(nnx.Module):
                pos_embs: Sequence[bool] = (False, False, False, True), dwconv="dcls",
                drop_path_rate: float = 0.0, layer_scale_init: float = 1e-6, rngs: nnx.Rngs):
     _check_sizes(layers, embed_dims, mlp_ratios, token_mixers, pos_embs)
-    dw = _depthwise_config(dwconv)
+    dw = dcls_audio.depthwise_config(dwconv)
     positions = sharing.GrowingWidth() if dw.kind == "dcls" and dw.share_positions else None
 
     def dwconv_layer(dim: int, use_bias: bool) -> nnx.Module:  # made in network order: the sharing rule's order
-      build = lambda: depthwise_conv(dim, dw, use_bias=use_bias, rngs=rngs)
+      build = lambda: dcls_audio.depthwise_conv(dim, dw, use_bias=use_bias, rngs=rngs)
       return build() if positions is None else positions.make(dim, build)
 
     self.patch_embed = nnx.Conv(1, embed_dims[0], STEM_PATCH, strides=STEM_PATCH, padding="VALID", use_bias=False,
@@ -483,13 +466,3 @@ def _check_sizes(layers, embed_dims, mlp_ratios, token_mixers, pos_embs) -> None
   if embed_dims[-1] * CLS_RATIO < SE_RATIO:
     raise ValueError(f"embed_dims[-1]={embed_dims[-1]}: conv_exp's squeeze-excite needs {CLS_RATIO} x "
                      f"embed_dims[-1] >= {SE_RATIO}.")
-
-
-def _depthwise_config(dwconv) -> convnext.DepthwiseConfig:
-  if isinstance(dwconv, convnext.DepthwiseConfig):
-    return dwconv
-  if isinstance(dwconv, str):
-    if dwconv not in DWCONVS:
-      raise ValueError(f"dwconv={dwconv!r}: expected one of {sorted(DWCONVS)} or a DepthwiseConfig.")
-    return DWCONVS[dwconv]
-  return convnext.DepthwiseConfig(**dict(dwconv))

@@ -17,8 +17,8 @@ import optax
 from flax import nnx
 
 from dcls_jax import nnx as dcls_nnx
-from models import audio_frontend
 from models import convnext
+from models import dcls_audio
 from models import fastvit
 from models import torch_table as tt
 
@@ -171,14 +171,6 @@ def _dcls_kernels(model: fastvit.FastViT) -> dict[str, Any]:
   return kernels
 
 
-def _spectrogram(meta: Mapping, waveform: np.ndarray) -> dict[str, np.ndarray]:
-  """Our front end on ``input/waveform`` (B, L): ``output/spectrogram`` (B, 1, n_mels, T), ``output/mel_fb``."""
-  config = audio_frontend.LogMelConfig.from_reference(meta["config"])
-  mel_fb = config.mel_matrix().astype(np.float32)
-  spectrogram = audio_frontend.log_mel(jnp.asarray(waveform, jnp.float32), config, mel_fb)  # (B, T, n_mels)
-  return {"output/spectrogram": np.asarray(jnp.swapaxes(spectrogram, 1, 2)[:, None]), "output/mel_fb": mel_fb}
-
-
 def run_fixture(meta: Mapping, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Arch ``dcls_audio_fastvit``, every mode of the fixture README:
 
@@ -202,7 +194,7 @@ def run_fixture(meta: Mapping, arrays: Mapping[str, np.ndarray]) -> dict[str, np
   model.train() if mode == "train" else model.eval()
 
   if mode == "eval":
-    out = _spectrogram(meta, arrays["input/waveform"])
+    out = dcls_audio.reference_front_end(meta["config"], arrays["input/waveform"])
     x = _nhwc(arrays["output/spectrogram"])
 
     def forward(model):

@@ -1,12 +1,33 @@
-"""Layers with PyTorch semantics that Flax's own differ from, shared by the models that port PyTorch references."""
+"""What the ports of PyTorch references share: layers and initialisers with PyTorch semantics, argument checks."""
 from __future__ import annotations
 
-from typing import Any, Optional
+import math
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax import lax
+
+Initializer = Callable[..., jax.Array]
+
+
+def torch_uniform(fan_in: int) -> Initializer:
+  """PyTorch's default init of a Conv/Linear weight or bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1 / math.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def torch_linear(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear:
+  """``torch.nn.Linear`` as an ``nnx.Linear`` (kernel (in, out), bias), with PyTorch's default init."""
+  init = torch_uniform(in_features)
+  return nnx.Linear(in_features, out_features, kernel_init=init, bias_init=init, rngs=rngs)
+
+
+def check_positive_int(value, name: str) -> None:
+  """Raises a ValueError naming ``name`` unless ``value`` is an int >= 1."""
+  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
 class BatchNorm(nnx.Module):

@@ -26,18 +26,24 @@ from typing import Callable, Mapping
 import jax
 import numpy as np
 
+from models import audio_convnext_io
 from models import convformer_io
 from models import convnext_io
 from models import dcls_layer
 from models import fastvit_io
+from models import kernel_sharing_io
 from models import lif
 from models import snn_delays
 
 ARCHS: dict[str, Callable[[Mapping, Mapping[str, np.ndarray]], dict[str, np.ndarray]]] = {
+    "audio_convnext": audio_convnext_io.run_audio_convnext_fixture,
     "convnext_dcls": convnext_io.run_fixture,
+    "dcls_audio_convnext": audio_convnext_io.run_dcls_audio_convnext_fixture,
     "dcls_audio_convformer": convformer_io.run_fixture,
     "dcls_audio_fastvit": fastvit_io.run_fixture,
     "dcls_layer": dcls_layer.run_fixture,
+    "ks_convmixer": kernel_sharing_io.run_convmixer_fixture,
+    "ks_seresnet": kernel_sharing_io.run_seresnet_fixture,
     "snn_delays": snn_delays.run_fixture,
     "snn_delays/delay_layer": snn_delays.run_delay_layer_fixture,
     "snn_delays/lif": lif.run_fixture,

@@ -176,7 +176,7 @@ def to_torch(model: nnx.Module, entries: Sequence[Entry], tree: Mapping) -> dict
       value = _get(tree, entry.path)
     except (KeyError, IndexError, TypeError):
       continue
-    out[entry.torch_name] = entry.layout.to_torch(np.asarray(value))
+    out[entry.torch_name] = np.asarray(entry.layout.to_torch(np.asarray(value)), order="C")  # safetensors needs it
   return out
 
 

@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 from models import convformer
+from models import dcls_audio
 from models import convformer_io
 from models import parity
 from models import torch_table
@@ -84,7 +85,7 @@ def test_star_relu():
 
 def test_dcls_init_follows_dcls_audio():
   """audio.md 4.1: weights N(0, 0.02^2), positions N(0, 0.5^2) within the kernel, sigmas 0.23; no bias."""
-  model = tiny(dwconv=convformer.DWCONVS["dcls"], depths=(1,), dims=(32,), res_scale_stages=(False,))
+  model = tiny(dwconv=dcls_audio.DWCONVS["dcls"], depths=(1,), dims=(32,), res_scale_stages=(False,))
   dwconv = model.stages[0][0].token_mixer.dwconv
   assert dwconv.bias is None
   np.testing.assert_array_equal(dwconv.sigmas[...], np.float32(0.23))
@@ -180,7 +181,7 @@ def test_reference_config_and_waveform_are_checked():
   with pytest.raises(ValueError, match="config.stem_kernel"):
     convformer_io.model_from_reference(config)
   with pytest.raises(ValueError, match=r"input/waveform has shape \(2, 999\); expected \(B, config.clip_samples"):
-    convformer_io.reference_front_end(dict(clip_samples=1000), np.zeros((2, 999), np.float32))
+    dcls_audio.reference_front_end(dict(clip_samples=1000), np.zeros((2, 999), np.float32))
 
 
 # ---- stochastic depth and bad sizes ----------------------------------------------------------------------------

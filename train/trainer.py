@@ -111,7 +111,8 @@ class Experiment:
     ema_decay = config.optimizer.get("ema_decay", 0.0)
     self.initial_state = step_lib.init_state(params, batch_stats, self.tx, ema=ema_decay > 0)
     input_key = config.get("input_key", "image")  # the batch entry fed to the model ('spikes' for SNNs)
-    task = self.task = tasks_lib.create_task(config.get("task", ml_collections.ConfigDict({"name": "classification"})))
+    task_config = config.get("task", ml_collections.ConfigDict({"name": "classification"}))
+    task = self.task = tasks_lib.create_task(task_config)
     self.train_step = self.parallel.run(
         step_lib.make_train_step(self.model, self.tx, task, seed=config.seed, ema_decay=ema_decay,
                                  input_key=input_key,

@@ -20,6 +20,7 @@ train)``, and one line in ``DATASETS``.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Callable, Optional
 
 import tensorflow_datasets as tfds
@@ -74,7 +75,8 @@ def get_source(dataset_config: ConfigDict, split: str):
   it prepared). Prepare on one process before the others read where several processes share ``data_dir``.
   """
   entry = get_entry(dataset_config.name)
-  builder = entry.builder(data_dir=dataset_config.get("data_dir"), file_format="array_record")
+  data_dir = dataset_config.get("data_dir")
+  builder = entry.builder(data_dir=data_dir and os.path.expanduser(data_dir), file_format="array_record")
   if not builder.is_prepared():
     manual_dir = dataset_config.get("manual_dir")
     if manual_dir is None and entry.default_manual_dir is not None:

@@ -275,7 +275,8 @@ def make_audio_transform(dataset_config: ConfigDict, *, train: bool,
   if front_end not in RECIPES:
     raise ValueError(f"config.dataset.front_end must be one of {sorted(RECIPES)}, got {front_end!r}")
   recipe = RECIPES[front_end]
-  divisor = pipeline.config_number(dataset_config, "int16_divisor", recipe["int16_divisor"], 32767, 32768, integer=True)
+  divisor = pipeline.config_number(dataset_config, "int16_divisor", recipe["int16_divisor"], 32767, 32768,
+                                   integer=True)
   random_roll = dataset_config.get("random_roll", recipe["random_roll"])
   if not isinstance(random_roll, bool):
     raise ValueError(f"config.dataset.random_roll must be a bool, got {random_roll!r}")
