@@ -143,21 +143,6 @@ def _mean_bce(logits: jax.Array, targets: np.ndarray) -> jax.Array:
   return optax.sigmoid_binary_cross_entropy(logits, jnp.asarray(targets, logits.dtype)).mean()
 
 
-def _run(model: AudioModel, forward: Callable[[AudioModel], dict], *, train: bool) -> dict[str, np.ndarray]:
-  """``forward(model)`` under jit; in train mode (where it returns ``output/loss``) also ``grad/<torch name>`` of
-  every trainable parameter (shared DCLS P/SIG: the total, under every alias)."""
-  if not train:
-    return {k: np.asarray(v) for k, v in nnx.jit(forward)(model).items()}
-
-  def loss_fn(model):
-    out = forward(model)
-    return out["output/loss"], out
-
-  grads, out = nnx.jit(nnx.grad(loss_fn, has_aux=True))(model)
-  out.update({f"grad/{k}": v for k, v in to_torch(model, nnx.to_pure_dict(grads)).items()})
-  return {k: np.asarray(v) for k, v in out.items()}
-
-
 def run_audio_convnext_fixture(meta: Mapping, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Arch ``audio_convnext``: waveform -> front end, bn0, frame and scene embeddings, logits, probabilities (the
   reference's NCHW layouts: (B, 1, T, F) spectrograms, (B, C, T', F') frames); train mode: bn0 on batch
@@ -187,10 +172,7 @@ def run_audio_convnext_fixture(meta: Mapping, arrays: Mapping[str, np.ndarray]) 
       out["output/power_spectrogram"] = power[:, None]
     return out
 
-  out = _run(model, forward, train=train)
-  if train:  # bn0's running statistics, moved by the training forward
-    buffers = to_torch(model, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
-    out.update({f"output/state_after/{name}": value for name, value in buffers.items()})
+  out = tt.run_forward(model, reference_entries(model), forward, train=train)
   return out
 
 
@@ -216,7 +198,7 @@ def run_dcls_audio_convnext_fixture(meta: Mapping, arrays: Mapping[str, np.ndarr
           out[f"output/kernel/stages.{s}.{b}.dwconv"] = block.dwconv.kernel()
     return out
 
-  out = _run(model, forward, train=train)
+  out = tt.run_forward(model, reference_entries(model), forward, train=train)
   if not train:
     out.update(dcls_audio.reference_front_end(meta["config"], arrays["input/waveform"]))
   return out

@@ -124,22 +124,19 @@ def run_fixture(meta: Mapping, arrays: Mapping[str, np.ndarray]) -> dict[str, np
   spectrogram = arrays["input/spectrogram" if train else "output/spectrogram"]
   x = jnp.transpose(jnp.asarray(spectrogram, jnp.float32), (0, 2, 3, 1))  # (B, 1, mel, T) -> (B, mel, T, 1)
 
-  def network(model):
+  def forward(model):
     features = model.features(x)
-    return {"output/features": features, "output/logits": model.head(features)}
+    out = {"output/features": features, "output/logits": model.head(features)}
+    if train:
+      out["output/loss"] = optax.sigmoid_binary_cross_entropy(out["output/logits"], arrays["input/targets"]).mean()
+    else:
+      out.update(dcls_kernels(model))
+    return out
 
-  def loss_fn(model):
-    out = network(model)
-    out["output/loss"] = optax.sigmoid_binary_cross_entropy(out["output/logits"], arrays["input/targets"]).mean()
-    return out["output/loss"], out
-
-  if train:
-    grads, out = nnx.jit(nnx.grad(loss_fn, has_aux=True))(model)
-    out.update({f"grad/{k}": v for k, v in to_torch(model, nnx.to_pure_dict(grads)).items()})
-  else:
-    out = (nnx.jit(network)(model) | dcls_kernels(model)
-           | dcls_audio.reference_front_end(config, arrays["input/waveform"]))
-  return {k: np.asarray(v) for k, v in out.items()}
+  out = tt.run_forward(model, reference_entries(model), forward, train=train)
+  if not train:
+    out.update(dcls_audio.reference_front_end(config, arrays["input/waveform"]))
+  return out
 
 
 def dcls_kernels(model: convformer.ConvFormer) -> dict[str, jax.Array]:

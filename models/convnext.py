@@ -30,9 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dcls_jax import conv as conv_lib
 from dcls_jax import nnx as dcls_nnx
 from dcls_jax import sharing
+from models import layers
 
 # timm's trunc_normal_(std=.02) cuts at +-2 ABSOLUTE, i.e. +-100 standard deviations: in effect N(0, 0.02^2).
 # (jax's bounds are in standard deviations: its default +-2 would shrink the std to 0.0176.)
@@ -142,7 +142,7 @@ class Downsample(nnx.Module):
     return self.conv(self.norm(x))
 
 
-class DepthwiseConv(nnx.Conv):
+class DepthwiseConv(layers.Conv):
   """A dense k x k depthwise conv, 'same' padding: ``nnx.Conv``'s parameters (kernel (k, k, 1, dim), bias unless
   ``use_bias=False``) computed by ``dcls_jax.conv``, which picks the FFT where XLA's own depthwise convolution is
   slow (CPU, k > 3)."""
@@ -150,14 +150,8 @@ class DepthwiseConv(nnx.Conv):
   def __init__(self, dim: int, kernel_size: int, *, use_bias: bool = True, conv_algorithm: str = "auto",
                rngs: nnx.Rngs):
     super().__init__(dim, dim, (kernel_size, kernel_size), padding=kernel_size // 2, feature_group_count=dim,
-                     use_bias=use_bias, kernel_init=TRUNC_NORMAL, bias_init=ZEROS, rngs=rngs)
-    self.conv_algorithm = conv_algorithm
-
-  def __call__(self, x):
-    kernel = jnp.transpose(self.kernel[...], (3, 2, 0, 1))  # (k, k, 1, O) -> torch layout (O, 1, k, k)
-    y = conv_lib.conv(x, kernel, padding=self.padding, feature_group_count=self.feature_group_count,
-                      algorithm=self.conv_algorithm, precision=self.precision)
-    return y if self.bias is None else y + self.bias[...]
+                     use_bias=use_bias, kernel_init=TRUNC_NORMAL, bias_init=ZEROS, conv_algorithm=conv_algorithm,
+                     rngs=rngs)
 
 
 def depthwise_config(dwconv, presets: Mapping[str, DepthwiseConfig]) -> DepthwiseConfig:

@@ -125,13 +125,4 @@ def run_fixture(meta: Mapping, arrays: Mapping[str, np.ndarray]) -> dict[str, np
           out[f"output/kernel/stages.{s}.{b}.dwconv"] = block.dwconv.kernel()
     return out
 
-  def loss_fn(model):
-    out = forward(model)
-    return out["output/loss"], out
-
-  if train:
-    grads, out = nnx.jit(nnx.grad(loss_fn, has_aux=True))(model)
-    out.update({f"grad/{k}": v for k, v in to_torch(model, nnx.to_pure_dict(grads)).items()})
-  else:
-    out = nnx.jit(forward)(model)
-  return {k: np.asarray(v) for k, v in out.items()}
+  return tt.run_forward(model, reference_entries(model), forward, train=train)

@@ -45,6 +45,7 @@ from flax import nnx
 from dcls_jax import sharing
 from models import convnext
 from models import dcls_audio
+from models import layers
 from models.layers import BatchNorm
 
 _TORCH_CONV = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")  # torch's default: U(+-1/sqrt(fan_in))
@@ -59,18 +60,19 @@ SE_RATIO = 16  # squeeze-excite reduction: channels // 16
 
 
 def _conv(in_dim: int, out_dim: int, kernel_size: int, *, stride: int = 1, groups: int = 1, use_bias: bool,
-          kernel_init=_TORCH_CONV, rngs: nnx.Rngs) -> nnx.Conv:
-  """A k x k conv with PyTorch's symmetric padding k // 2 (output ceil(n / stride))."""
-  return nnx.Conv(in_dim, out_dim, (kernel_size, kernel_size), strides=stride, padding=kernel_size // 2,
-                  feature_group_count=groups, use_bias=use_bias, kernel_init=kernel_init, bias_init=_ZEROS,
-                  rngs=rngs)
+          kernel_init=_TORCH_CONV, rngs: nnx.Rngs) -> layers.Conv:
+  """A k x k conv with PyTorch's symmetric padding k // 2 (output ceil(n / stride)), computed by ``dcls_jax.conv``
+  (XLA:CPU is ~100x slower on the grouped convs with a channel multiplier of PatchEmbed and conv_exp)."""
+  return layers.Conv(in_dim, out_dim, (kernel_size, kernel_size), strides=stride, padding=kernel_size // 2,
+                     feature_group_count=groups, use_bias=use_bias, kernel_init=kernel_init, bias_init=_ZEROS,
+                     rngs=rngs)
 
 
-def _conv_of(kernel: jax.Array, bias: jax.Array, *, stride: int, groups: int) -> nnx.Conv:
+def _conv_of(kernel: jax.Array, bias: jax.Array, *, stride: int, groups: int) -> layers.Conv:
   """The ``_conv`` that holds ``kernel`` (k, k, in // groups, out) and ``bias`` (out,): a folded branch sum."""
   k, _, group_in, out_dim = kernel.shape
-  return nnx.Conv(group_in * groups, out_dim, (k, k), strides=stride, padding=k // 2, feature_group_count=groups,
-                  kernel_init=lambda *_: kernel, bias_init=lambda *_: bias, rngs=nnx.Rngs(0))
+  return layers.Conv(group_in * groups, out_dim, (k, k), strides=stride, padding=k // 2, feature_group_count=groups,
+                     kernel_init=lambda *_: kernel, bias_init=lambda *_: bias, rngs=nnx.Rngs(0))
 
 
 def _fold_bn(kernel: jax.Array, bn: BatchNorm) -> tuple[jax.Array, jax.Array]:

@@ -205,15 +205,11 @@ def run_fixture(meta: Mapping, arrays: Mapping[str, np.ndarray]) -> dict[str, np
   elif mode == "train":
     x, targets = _nhwc(arrays["input/spectrogram"]), arrays["input/targets"]
 
-    def loss_fn(model):
+    def forward(model):
       logits = model(x)
-      return optax.sigmoid_binary_cross_entropy(logits, targets).mean(), logits
+      return {"output/logits": logits, "output/loss": optax.sigmoid_binary_cross_entropy(logits, targets).mean()}
 
-    (loss, logits), grads = nnx.jit(nnx.value_and_grad(loss_fn, has_aux=True))(model)
-    buffers = to_torch(model, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
-    out = {"output/logits": logits, "output/loss": loss,
-           **{f"grad/{k}": v for k, v in to_torch(model, nnx.to_pure_dict(grads)).items()},
-           **{f"output/state_after/{k}": v for k, v in buffers.items()}}
+    out = tt.run_forward(model, reference_entries(model), forward, train=True)
   else:
     x = _nhwc(arrays["input/spectrogram"])
     inference = fastvit.reparameterize(model)

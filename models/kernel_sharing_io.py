@@ -133,18 +133,7 @@ def _run_fixture(meta: Mapping, arrays: Mapping[str, np.ndarray], build: Callabl
       out["output/loss"] = optax.softmax_cross_entropy_with_integer_labels(logits, arrays["input/labels"]).mean()
     return out
 
-  if not train:
-    return {k: np.asarray(v) for k, v in nnx.jit(forward)(model).items()}
-
-  def loss_fn(model):
-    out = forward(model)
-    return out["output/loss"], out
-
-  grads, out = nnx.jit(nnx.grad(loss_fn, has_aux=True))(model)
-  out.update({f"grad/{k}": v for k, v in tt.to_torch(model, entries, nnx.to_pure_dict(grads)).items()})
-  buffers = tt.to_torch(model, entries, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
-  out.update({f"output/state_after/{k}": v for k, v in buffers.items()})
-  return {k: np.asarray(v) for k, v in out.items()}
+  return tt.run_forward(model, entries, forward, train=train)
 
 
 def run_convmixer_fixture(meta: Mapping, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
+from dcls_jax import conv as conv_lib
+
 Initializer = Callable[..., jax.Array]
 
 
@@ -85,3 +87,23 @@ class BatchNorm(nnx.Module):
       self.var[...] = (1 - m) * self.var[...] + m * (var * count / (count - 1)).astype(self.var.dtype)
       self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
     return (x - mean) / jnp.sqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
+
+
+class Conv(nnx.Conv):
+  """``nnx.Conv`` (the same parameters: kernel (*kernel_size, in // groups, out), bias) computed by
+  ``dcls_jax.conv.conv``, whose ``conv_algorithm`` 'auto' takes the FFT where XLA:CPU's own convolution is slow:
+  large kernels, and grouped convolutions that are neither dense nor depthwise (100x slower there in fwd+bwd).
+  Strides and paddings as ``nnx.Conv``'s (ints, (lo, hi) pairs, 'SAME', 'VALID'); no kernel dilation."""
+
+  def __init__(self, *args, conv_algorithm: str = "auto", **kwargs):
+    super().__init__(*args, **kwargs)
+    if any(d != 1 for d in jax.tree.leaves(self.kernel_dilation)):
+      raise ValueError(f"kernel_dilation={self.kernel_dilation!r}: this conv has none (expected 1)")
+    self.conv_algorithm = conv_algorithm
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = jnp.moveaxis(self.kernel[...], (-1, -2), (0, 1))  # (*k, I, O) -> torch layout (O, I, *k)
+    y = conv_lib.conv(x, kernel, strides=self.strides, padding=self.padding,
+                      feature_group_count=self.feature_group_count, algorithm=self.conv_algorithm,
+                      precision=self.precision)
+    return y if self.bias is None else y + self.bias[...]

@@ -143,8 +143,8 @@ class ConvBnRelu(nnx.Module):
   """(N, H, W, in_dim) -> (N, H, W, out_dim): k x k conv ('same' padding, no bias), BatchNorm, ReLU."""
 
   def __init__(self, in_dim: int, out_dim: int, kernel_size: int, *, groups: int = 1, kernel_init, rngs: nnx.Rngs):
-    self.conv = nnx.Conv(in_dim, out_dim, (kernel_size, kernel_size), padding=kernel_size // 2,
-                         feature_group_count=groups, use_bias=False, kernel_init=kernel_init, rngs=rngs)
+    self.conv = layers.Conv(in_dim, out_dim, (kernel_size, kernel_size), padding=kernel_size // 2,
+                            feature_group_count=groups, use_bias=False, kernel_init=kernel_init, rngs=rngs)
     self.bn = layers.BatchNorm(out_dim)
 
   def __call__(self, x):
@@ -207,8 +207,8 @@ class NextBlock(nnx.Module):
   def __init__(self, in_dim: int, out_dim: int, kernel_size: int, *, kernel_init, rngs: nnx.Rngs):
     if out_dim % in_dim:
       raise ValueError(f"a 'next' block's width must be a multiple of its input width, got {in_dim} -> {out_dim}")
-    self.dwconv = nnx.Conv(in_dim, out_dim, (kernel_size, kernel_size), padding=kernel_size // 2,
-                           feature_group_count=in_dim, kernel_init=kernel_init, bias_init=_ZEROS, rngs=rngs)
+    self.dwconv = layers.Conv(in_dim, out_dim, (kernel_size, kernel_size), padding=kernel_size // 2,
+                              feature_group_count=in_dim, kernel_init=kernel_init, bias_init=_ZEROS, rngs=rngs)
     self.norm = convnext.LayerNorm(out_dim, rngs=rngs)
     self.mlp = Mlp(out_dim, 4, kernel_init=kernel_init, rngs=rngs)
 

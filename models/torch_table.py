@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import os
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -214,6 +214,25 @@ def _to_numpy(value) -> np.ndarray:
     value = value.detach().cpu()
     return (value.float() if value.is_floating_point() and value.element_size() < 4 else value).numpy()
   return np.asarray(value)
+
+
+def run_forward(model: nnx.Module, entries: Sequence[Entry], forward: Callable[[nnx.Module], dict], *,
+                train: bool) -> dict[str, np.ndarray]:
+  """A fixture runner's pass: ``forward(model) -> {key: array}`` under jit; with ``train`` (``forward`` then returns
+  ``output/loss``) also ``grad/<torch name>`` of every parameter (a shared one's total, under every alias) and
+  ``output/state_after/<torch name>`` of every BatchNorm buffer after the pass."""
+  if not train:
+    return {k: np.asarray(v) for k, v in nnx.jit(forward)(model).items()}
+
+  def loss_fn(model):
+    out = forward(model)
+    return out["output/loss"], out
+
+  grads, out = nnx.jit(nnx.grad(loss_fn, has_aux=True))(model)
+  out.update({f"grad/{k}": v for k, v in to_torch(model, entries, nnx.to_pure_dict(grads)).items()})
+  buffers = to_torch(model, entries, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
+  out.update({f"output/state_after/{k}": v for k, v in buffers.items()})
+  return {k: np.asarray(v) for k, v in out.items()}
 
 
 def fixture_state(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

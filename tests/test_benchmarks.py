@@ -35,3 +35,10 @@ def test_snn_benchmark_quick_run_prints_the_three_variants():
 def test_convnext_benchmark_quick_run_prints_the_three_variants():
   stdout = _run("benchmarks.bench_convnext", "--quick")
   assert all(name in stdout for name in ("| plain 7x7 |", "| dcls v0 d17 Kc34 |", "| dcls gauss d23 Kc26 |"))
+
+
+@pytest.mark.slow
+def test_audio_benchmark_quick_run_prints_every_model_with_the_reference_ratio():
+  stdout = _run("benchmarks.bench_audio", "--quick")
+  assert all(f"| {name} |" in stdout for name in ("convnext", "convformer", "fastvit")), stdout[-3000:]
+  assert "| 0.861 |" in stdout  # ConvNeXt-T's reference ratio 509.4 / 591.4

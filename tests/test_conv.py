@@ -194,6 +194,15 @@ def test_choose_algorithm_small_kernels_stay_direct(kernel_shape, groups):
                           feature_group_count=groups, backend="cpu") == "direct"
 
 
+@pytest.mark.parametrize("kernel_shape,groups", [
+    ((128, 1, 7, 7), 64), ((128, 1, 3, 3), 64), ((1024, 1, 1, 1), 512), ((96, 2, 3, 3), 48)])
+def test_choose_algorithm_grouped_neither_dense_nor_depthwise_uses_fft_on_cpu(kernel_shape, groups):
+  # a channel multiplier (FastViT's PatchEmbed, conv_exp) or several channels per group: XLA:CPU is slow there
+  shape = (2, 34, 34, kernel_shape[1] * groups)
+  assert choose_algorithm(shape, kernel_shape, strides=1, feature_group_count=groups, backend="cpu") == "fft"
+  assert choose_algorithm(shape, kernel_shape, strides=1, feature_group_count=groups, backend="gpu") == "direct"
+
+
 def test_choose_algorithm_large_depthwise_uses_fft_on_cpu():
   kwargs = dict(strides=1, feature_group_count=96)
   padded = (8, 56 + 16, 56 + 16, 96)

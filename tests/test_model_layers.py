@@ -102,3 +102,21 @@ def test_growing_width_starts_new_positions_when_a_layer_is_wider_than_all_befor
   assert layers_[4].weight is not layers_[2].weight  # weights stay per layer
   with pytest.raises(ValueError, match="width=4"):
     rule.make(4, lambda: dcls(4))
+
+
+# ---- Conv --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kernel, stride, groups, padding", [
+    (7, 2, 4, 3), (3, 1, 4, 1), (1, 1, 1, 0), (3, 2, 8, "SAME")])
+def test_conv_computes_what_nnx_conv_computes_with_the_same_parameters(kernel, stride, groups, padding):
+  kwargs = dict(in_features=8, out_features=16, kernel_size=(kernel, kernel), strides=stride, padding=padding,
+                feature_group_count=groups)
+  ours, flax_conv = layers.Conv(**kwargs, rngs=nnx.Rngs(0)), nnx.Conv(**kwargs, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (2, 11, 12, 8))
+  with jax.default_matmul_precision("highest"):
+    np.testing.assert_allclose(ours(x), flax_conv(x), atol=2e-5)
+
+
+def test_conv_rejects_a_kernel_dilation():
+  with pytest.raises(ValueError, match="kernel_dilation"):
+    layers.Conv(2, 2, (3, 3), kernel_dilation=2, rngs=nnx.Rngs(0))

@@ -26,7 +26,7 @@ from typing import Callable, Optional
 import tensorflow_datasets as tfds
 from ml_collections import ConfigDict
 
-from train.data import audioset, delay_task, digits, gsc, imagenet, shd, synth_tags
+from train.data import audioset, cifar, delay_task, digits, gsc, imagenet, shd, synth_tags
 from train.data.pipeline import Pipeline, Transform
 
 __all__ = ["DATASETS", "DatasetEntry", "Pipeline", "Transform", "get_entry", "get_source", "get_transform"]
@@ -55,6 +55,8 @@ DATASETS: dict[str, DatasetEntry] = {
     "gsc": DatasetEntry(gsc.Gsc, gsc.make_transform),
     "delay_task": DatasetEntry(delay_task.DelayTask, shd.make_transform),
     "imagenet2012": DatasetEntry(imagenet.Imagenet2012, imagenet.make_transform),
+    "cifar10": DatasetEntry(cifar.Cifar10, cifar.make_cifar10_transform),
+    "cifar100": DatasetEntry(cifar.Cifar100, cifar.make_cifar100_transform),
     "audioset": DatasetEntry(audioset.Audioset, audioset.make_transform),
     "synth_tags": DatasetEntry(synth_tags.SynthTags, synth_tags.make_transform),
 }

@@ -67,7 +67,7 @@ CROP_DRAW, RAND_AUGMENT_DRAW, ERASING_DRAW, MIXUP_DRAW = 0, 1, 2, 3
 
 
 @contextlib.contextmanager
-def _read_tar(path: epath.Path, mode: str, expected: str) -> Iterator[tarfile.TarFile]:
+def read_tar(path: epath.Path, mode: str, expected: str) -> Iterator[tarfile.TarFile]:
   """``path`` opened as a tar for the with-block; FileNotFoundError naming it when missing, ValueError naming it and
   what was ``expected`` when it is no readable tar (at opening or, truncated or corrupt, while read)."""
   if not path.exists():
@@ -89,7 +89,7 @@ def _member_bytes(tar: tarfile.TarFile, path: epath.Path, suffix: str) -> bytes:
 
 def read_devkit(path: epath.Path) -> tuple[list[str], list[str]]:
   """The classes (sorted leaf WNIDs) and the WNID of each validation image (index n - 1 for image n)."""
-  with _read_tar(path, "r:gz", "the ILSVRC2012 devkit (ILSVRC2012_devkit_t12.tar.gz)") as tar:
+  with read_tar(path, "r:gz", "the ILSVRC2012 devkit (ILSVRC2012_devkit_t12.tar.gz)") as tar:
     meta, ground_truth = _member_bytes(tar, path, DEVKIT_META), _member_bytes(tar, path, DEVKIT_VAL_LABELS)
   try:
     synsets = scipy.io.loadmat(io.BytesIO(meta), squeeze_me=True)["synsets"]
@@ -116,7 +116,7 @@ def _files(tar: tarfile.TarFile) -> Iterator[tuple[str, bytes]]:
 def train_examples(path: epath.Path, classes: list[str]) -> Iterator[tuple[str, dict]]:
   """(key, example) of the train tar of per-class tars; ValueError for a member that is no ``<class wnid>.tar``."""
   label_of = {wnid: label for label, wnid in enumerate(classes)}
-  with _read_tar(path, "r|", "the ILSVRC2012 train tar of per-class tars") as outer:
+  with read_tar(path, "r|", "the ILSVRC2012 train tar of per-class tars") as outer:
     for member in outer:
       wnid = member.name.rsplit("/", 1)[-1].removesuffix(".tar")
       if not member.isfile() or wnid not in label_of:
@@ -129,7 +129,7 @@ def train_examples(path: epath.Path, classes: list[str]) -> Iterator[tuple[str, 
 def validation_examples(path: epath.Path, classes: list[str], wnids: list[str]) -> Iterator[tuple[str, dict]]:
   """(key, example) of the flat validation tar; image n gets the class of ``wnids[n - 1]``."""
   label_of = {wnid: label for label, wnid in enumerate(classes)}
-  with _read_tar(path, "r|", "the ILSVRC2012 validation tar of JPEGs") as tar:
+  with read_tar(path, "r|", "the ILSVRC2012 validation tar of JPEGs") as tar:
     for file_name, encoded in _files(tar):
       match = VAL_FILE_PATTERN.fullmatch(file_name)
       if match is None or not 0 < int(match[1]) <= len(wnids):
