@@ -5,7 +5,9 @@ The reference recipes (ConvNeXt-dcls, DCLS-Audio, SNN-delays) treat DCLS paramet
 * ``positions`` (and ``sigmas`` when learned) get a learning-rate multiplier (x5) and no weight decay;
 * ``positions`` are projected back into the kernel, |positions[j]| <= d_j // 2, after every update
   (the reference's ``clamp_parameters``; never in the forward, never on sigmas or weights);
-* ConvNeXt-dcls adds the square of a repulsive loss between the positions of each channel after epoch 20.
+* ConvNeXt-dcls adds the square of a repulsive loss between the positions of each channel after epoch 20;
+* SNN-delays sets the (frozen) Gaussian sigmas per epoch from an exponential decay (``sigma_schedule``,
+  ``with_sigmas``).
 
 Every helper finds DCLS parameters by their NAME (the last key of a leaf's path: ``positions``, ``sigmas``), never
 by Variable type, so it works alike on a Linen params dict, on an ``nnx.State`` of Variables (what
@@ -244,3 +246,33 @@ def total_repulsive_loss(params: Any) -> jax.Array:
   if not losses:
     raise ValueError("params have no leaf named 'positions'")
   return sum(losses) / len(losses)
+
+
+# ---- sigma decay ---------------------------------------------------------------------------------
+
+SIGMA_FINAL = 0.23  # raw sigma at the end of the decay: width 0.23 + 0.27 = 0.5
+
+
+def sigma_schedule(epoch, *, sigma_init: float, final_epoch: int, sigma_final: float = SIGMA_FINAL):
+  """Raw sigma in force during ``epoch`` (0-based): sigma_init * alpha ** min(epoch, final_epoch).
+
+  alpha = (sigma_final / sigma_init) ** (1 / final_epoch): the reference multiplies sigma by alpha after each of
+  the first final_epoch epochs (= epochs // 4) while it is above sigma_final. Constant when sigma_init <=
+  sigma_final or final_epoch = 0. ``epoch`` may be an int or an array (jit-able); the result is float64 under x64.
+  The kernel width is this + 0.27 (``kernels.GAUSS_SIGMA_OFFSET``).
+  """
+  if not isinstance(final_epoch, int) or isinstance(final_epoch, bool) or final_epoch < 0:
+    raise ValueError(f"final_epoch must be an int >= 0, got {final_epoch!r}")
+  if not sigma_init > 0:
+    raise ValueError(f"sigma_init must be > 0, got {sigma_init!r}")
+  if final_epoch == 0 or sigma_init <= sigma_final:
+    return jnp.full(jnp.shape(epoch), sigma_init, float)
+  alpha = (sigma_final / sigma_init)**(1 / final_epoch)
+  return sigma_init * alpha**jnp.minimum(jnp.asarray(epoch, float), final_epoch)
+
+
+def with_sigmas(params: Any, sigma) -> Any:
+  """``params`` (a pure dict or State) with every leaf named ``sigmas`` set to ``sigma`` (the epoch's raw value)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: jnp.full_like(leaf, sigma) if param_path(path)[-1] == SIGMAS
+      else leaf, params)

@@ -49,7 +49,6 @@ from train import optimizers
 from train import step as step_lib
 from train import tasks
 
-SIGMA_FINAL = 0.23  # raw sigma at the end of the decay: width 0.23 + 0.27 = 0.5
 
 
 def _check_int(value: Any, name: str, minimum: int) -> None:
@@ -252,30 +251,6 @@ class SnnDelays(nnx.Module):
 
 
 # ---- schedules of the recipe -------------------------------------------------------------------------
-
-def sigma_schedule(epoch, *, sigma_init: float, final_epoch: int, sigma_final: float = SIGMA_FINAL):
-  """Raw sigma in force during ``epoch`` (0-based): sigma_init * alpha ** min(epoch, final_epoch).
-
-  alpha = (sigma_final / sigma_init) ** (1 / final_epoch): the reference multiplies sigma by alpha after each of
-  the first final_epoch epochs (= epochs // 4) while it is above sigma_final. Constant when sigma_init <=
-  sigma_final or final_epoch = 0. ``epoch`` may be an int or an array (jit-able); the result is float64 under x64.
-  The kernel width is this + 0.27 (``kernels.GAUSS_SIGMA_OFFSET``).
-  """
-  _check_int(final_epoch, "final_epoch", 0)
-  if not sigma_init > 0:
-    raise ValueError(f"sigma_init must be > 0, got {sigma_init!r}")
-  if final_epoch == 0 or sigma_init <= sigma_final:
-    return jnp.full(jnp.shape(epoch), sigma_init, float)
-  alpha = (sigma_final / sigma_init)**(1 / final_epoch)
-  return sigma_init * alpha**jnp.minimum(jnp.asarray(epoch, float), final_epoch)
-
-
-def with_sigma(params: Any, sigma) -> Any:
-  """``params`` (a pure dict or State) with every leaf named ``sigmas`` set to ``sigma`` (the epoch's raw value)."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, leaf: jnp.full_like(leaf, sigma) if dcls_optim.param_path(path)[-1] == dcls_optim.SIGMAS
-      else leaf, params)
-
 
 def optimizer_config(*, max_learning_rate: float, l2_weight_decay: float, positions_learning_rate: float,
                      onecycle: Optional[Mapping[str, Any]] = None, positions_end_learning_rate: float = 0.0,
@@ -508,7 +483,7 @@ def run_schedules_fixture(meta: Mapping, arrays: Mapping[str, np.ndarray]) -> di
   half = config["max_delay"] // 2
   _, schedules = optimizers.build_optimizer(recipe, steps_per_epoch=1, total_steps=epochs, position_limits=half)
   epoch = jnp.asarray(arrays["input/epoch"])
-  sigma = sigma_schedule(epoch, sigma_init=config["sigInit"], final_epoch=config["final_epoch"])
+  sigma = dcls_optim.sigma_schedule(epoch, sigma_init=config["sigInit"], final_epoch=config["final_epoch"])
   constant = lambda value: jnp.full(epoch.shape, value, float)
   columns = {"lr_w": jax.vmap(schedules["lr"])(epoch), "beta1_w": jax.vmap(schedules["b1"])(epoch),
              "beta2_w": constant(recipe.optimizer.b2),

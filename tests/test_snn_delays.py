@@ -170,11 +170,11 @@ def test_task_sums_per_step_softmax_then_cross_entropy():
 
 
 def test_sigma_schedule_and_with_sigma():
-  sigma = snn_delays.sigma_schedule(jnp.arange(6), sigma_init=12.0, final_epoch=3)
+  sigma = dcls_optim.sigma_schedule(jnp.arange(6), sigma_init=12.0, final_epoch=3)
   alpha = (0.23 / 12) ** (1 / 3)
   np.testing.assert_allclose(sigma, [12, 12 * alpha, 12 * alpha**2, 0.23, 0.23, 0.23], rtol=1e-6)
-  np.testing.assert_allclose(snn_delays.sigma_schedule(5, sigma_init=0.1, final_epoch=3), 0.1)
-  params = snn_delays.with_sigma(nnx.to_pure_dict(nnx.state(tiny_model(), nnx.Param)), 0.5)
+  np.testing.assert_allclose(dcls_optim.sigma_schedule(5, sigma_init=0.1, final_epoch=3), 0.1)
+  params = dcls_optim.with_sigmas(nnx.to_pure_dict(nnx.state(tiny_model(), nnx.Param)), 0.5)
   np.testing.assert_array_equal(params["output_synapses"]["sigmas"], 0.5)
   assert not np.all(params["output_synapses"]["weight"] == 0.5)
 

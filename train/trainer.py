@@ -33,7 +33,6 @@ from jax.experimental import multihost_utils
 
 from dcls_jax import optim as dcls_optim
 from models import registry
-from models import snn_delays
 from train import checkpointing
 from train import data as data_lib
 from train import metrics as metrics_lib
@@ -121,7 +120,7 @@ class Experiment:
     self.eval_step = self.parallel.run(
         step_lib.make_eval_step(self.model, task, use_ema=ema_decay > 0, input_key=input_key))
     self._set_sigmas = self.parallel.run(
-        lambda state, sigma: state.replace(params=snn_delays.with_sigma(state.params, sigma)), shard_batch=False)
+        lambda state, sigma: state.replace(params=dcls_optim.with_sigmas(state.params, sigma)), shard_batch=False)
 
   def start_epoch(self, state, epoch: int):
     """The state for ``epoch``: the per-epoch parameter schedules applied (SNN-delays' sigma decay,
@@ -129,7 +128,7 @@ class Experiment:
     schedule = self.config.get("sigma_schedule")
     if schedule is None:
       return state
-    sigma = np.float32(snn_delays.sigma_schedule(epoch, sigma_init=schedule.sigma_init,
+    sigma = np.float32(dcls_optim.sigma_schedule(epoch, sigma_init=schedule.sigma_init,
                                                  final_epoch=schedule.final_epoch))
     return self._set_sigmas(state, self.parallel.replicate(sigma))
 
