@@ -17,7 +17,7 @@ Fixtures (``python -m models.parity``): ``run_audio_convnext_fixture`` (arch ``a
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -126,18 +126,6 @@ def dcls_audio_convnext_from_reference(config: Mapping[str, Any], *,
       rngs=nnx.Rngs(config.get("seed", 0)))
 
 
-def _fixture_model(meta: Mapping, arrays: Mapping[str, np.ndarray], build: Callable[..., AudioModel]) -> AudioModel:
-  """The model of a float32, deterministic fixture, built abstractly and filled from ``state/``, in its mode."""
-  if meta.get("dtype", "float32") != "float32":
-    raise ValueError(f"meta.dtype={meta['dtype']!r}: this model runs in float32 only")
-  if meta["config"].get("drop_path_rate", 0.0) != 0.0:
-    raise ValueError("config.drop_path_rate must be 0: a fixture's forward is deterministic")
-  model = nnx.eval_shape(lambda: build(meta["config"], conv_algorithm="direct"))
-  load_torch_state(model, tt.fixture_state(arrays))
-  model.train() if meta["mode"] == "train" else model.eval()
-  return model
-
-
 def _mean_bce(logits: jax.Array, targets: np.ndarray) -> jax.Array:
   """The fixtures' loss: binary cross-entropy with logits, mean over batch and classes."""
   return optax.sigmoid_binary_cross_entropy(logits, jnp.asarray(targets, logits.dtype)).mean()
@@ -151,7 +139,8 @@ def run_audio_convnext_fixture(meta: Mapping, arrays: Mapping[str, np.ndarray]) 
   flags = [flag for flag in ("use_pydub_augment", "use_roll_augment", "use_speed_perturb") if config.get(flag)]
   if flags:
     raise ValueError(f"config.{flags[0]}=True: a fixture's forward must run without waveform augmentations")
-  model = _fixture_model(meta, arrays, audio_convnext_from_reference)
+  model = tt.fixture_model(meta, arrays, lambda: audio_convnext_from_reference(meta["config"], conv_algorithm="direct"),
+                           load_torch_state)
   train = meta["mode"] == "train"
   waveform = jnp.asarray(arrays["input/waveform"], jnp.float32)
 
@@ -181,7 +170,9 @@ def run_dcls_audio_convnext_fixture(meta: Mapping, arrays: Mapping[str, np.ndarr
   (B, 1, n_mels, T) and its filterbank ``output/mel_fb``), and the network on the reference's
   ``output/spectrogram``: ``features``, ``logits``, every DCLS layer's dense kernel (C, 1, d, d). Train: logits and
   mean BCE loss on ``input/spectrogram``, and every gradient."""
-  model = _fixture_model(meta, arrays, dcls_audio_convnext_from_reference)
+  model = tt.fixture_model(
+      meta, arrays, lambda: dcls_audio_convnext_from_reference(meta["config"], conv_algorithm="direct"),
+      load_torch_state)
   train = meta["mode"] == "train"
   spectrogram = arrays["input/spectrogram" if train else "output/spectrogram"]
   x = jnp.transpose(jnp.asarray(spectrogram, jnp.float32), (0, 2, 3, 1))  # (B, 1, mel, T) -> (B, mel, T, 1)

@@ -203,13 +203,7 @@ class ConvFormer(nnx.Module):
 
   def stage_outputs(self, x) -> list[jax.Array]:
     """(N, n_mels, T, in_chans) -> the output of every stage after its last block, (N, H_i, W_i, dims[i]) each."""
-    outputs = []
-    for downsample, stage in zip(self.downsample_layers, self.stages):
-      x = downsample(x)
-      for block in stage:
-        x = block(x)
-      outputs.append(x)
-    return outputs
+    return convnext.run_stages(self.downsample_layers, self.stages, x)
 
   def features(self, x):
     """(N, n_mels, T, in_chans) -> the clip embedding (N, dims[-1]): pooled, normalised, the head's input."""

@@ -111,16 +111,10 @@ def run_fixture(meta: Mapping, arrays: Mapping[str, np.ndarray]) -> dict[str, np
   fixture's ``output/spectrogram``: features, logits, every DCLS kernel. Train: logits, the mean binary
   cross-entropy with ``input/targets``, and the gradient of every reference parameter (shared P and SIG, summed
   over their layers, under every alias)."""
-  if meta.get("dtype", "float32") != "float32":
-    raise ValueError(f"meta.dtype={meta['dtype']!r}: this model runs in float32 only")
   config = meta["config"]
-  if config["drop_path_rate"] != 0.0:
-    raise ValueError("config.drop_path_rate must be 0: a fixture's forward is deterministic")
-  # Built abstractly (no initialisation), then filled from state/: the model is its parameters alone.
-  model = nnx.eval_shape(lambda: model_from_reference(config, conv_algorithm="direct"))
-  load_torch_state(model, tt.fixture_state(arrays))
+  model = tt.fixture_model(meta, arrays, lambda: model_from_reference(config, conv_algorithm="direct"),
+                           load_torch_state)
   train = meta["mode"] == "train"
-  model.train() if train else model.eval()
   spectrogram = arrays["input/spectrogram" if train else "output/spectrogram"]
   x = jnp.transpose(jnp.asarray(spectrogram, jnp.float32), (0, 2, 3, 1))  # (B, 1, mel, T) -> (B, mel, T, 1)
 

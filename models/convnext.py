@@ -215,6 +215,18 @@ def classifier(dim: int, num_classes: int, *, head_init_scale: float = 1.0, rngs
 POSITION_SHARING = ("stage", "growing_width")
 
 
+def run_stages(downsample_layers, stages, x) -> list[jax.Array]:
+  """The stage-wise models' forward (ConvNeXt, MetaFormer): for each stage, its downsampling layer, then its
+  blocks; -> every stage's output."""
+  outputs = []
+  for downsample, stage in zip(downsample_layers, stages):
+    x = downsample(x)
+    for block in stage:
+      x = block(x)
+    outputs.append(x)
+  return outputs
+
+
 class Body(nnx.Module):
   """A ConvNeXt stem and stages: ``downsample_layers`` (the ``Stem``, then a ``Downsample`` before every later
   stage) and ``stages`` (lists of ``Block``), named as the references. The ConvNeXt-shaped models (the classifier
@@ -263,13 +275,7 @@ class Body(nnx.Module):
 
   def stage_outputs(self, x) -> list[jax.Array]:
     """(N, H, W, in_chans) -> the output of every stage after its last block, (N, H_i, W_i, dims[i]) each."""
-    outputs = []
-    for downsample, stage in zip(self.downsample_layers, self.stages):
-      x = downsample(x)
-      for block in stage:
-        x = block(x)
-      outputs.append(x)
-    return outputs
+    return run_stages(self.downsample_layers, self.stages, x)
 
 
 class ConvNeXt(Body):

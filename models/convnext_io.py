@@ -100,15 +100,9 @@ def model_from_reference(config: Mapping[str, Any], *, conv_algorithm: str = "au
 def run_fixture(meta: Mapping, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Arch ``convnext_dcls``: logits, per-stage features (NCHW), pooled features, DCLS kernels; in train mode the
   mean cross-entropy and the gradient of every reference parameter (shared ones under every alias)."""
-  if meta.get("dtype", "float32") != "float32":
-    raise ValueError(f"meta.dtype={meta['dtype']!r}: this model runs in float32 only")
-  if meta["config"].get("drop_path_rate", 0.0) != 0.0:
-    raise ValueError("config.drop_path_rate must be 0: a fixture's forward is deterministic")
-  # Built abstractly (no initialisation), then filled from state/: the model is its parameters alone.
-  model = nnx.eval_shape(lambda: model_from_reference(meta["config"], conv_algorithm="direct"))
-  load_torch_state(model, tt.fixture_state(arrays))
+  model = tt.fixture_model(meta, arrays, lambda: model_from_reference(meta["config"], conv_algorithm="direct"),
+                           load_torch_state)
   train = meta["mode"] == "train"
-  model.train() if train else model.eval()
   x = jnp.transpose(jnp.asarray(arrays["input/x"], jnp.float32), (0, 2, 3, 1))
 
   def forward(model):

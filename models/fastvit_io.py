@@ -181,17 +181,11 @@ def run_fixture(meta: Mapping, arrays: Mapping[str, np.ndarray]) -> dict[str, np
   reparam  eval logits of the training form (``logits_trainform``) and of the inference form (``logits``), and the
            inference form's state dict (``output/reparam_state/``)
   """
-  if meta.get("dtype", "float32") != "float32":
-    raise ValueError(f"meta.dtype={meta['dtype']!r}: this model runs in float32 only")
-  if meta["config"].get("drop_path_rate", 0.0) != 0.0:
-    raise ValueError("config.drop_path_rate must be 0: a fixture's forward is deterministic")
   mode = meta["mode"]
   if mode not in ("eval", "train", "reparam"):
     raise ValueError(f"meta.mode={mode!r}: expected 'eval', 'train' or 'reparam'")
-  # Built abstractly (no initialisation), then filled from state/: the model is its variables alone.
-  model = nnx.eval_shape(lambda: model_from_reference(meta["config"], conv_algorithm="direct"))
-  load_torch_state(model, tt.fixture_state(arrays))
-  model.train() if mode == "train" else model.eval()
+  model = tt.fixture_model(meta, arrays, lambda: model_from_reference(meta["config"], conv_algorithm="direct"),
+                           load_torch_state)
 
   if mode == "eval":
     out = dcls_audio.reference_front_end(meta["config"], arrays["input/waveform"])

@@ -114,13 +114,9 @@ def _run_fixture(meta: Mapping, arrays: Mapping[str, np.ndarray], build: Callabl
   """Loads ``state/`` into the model ``build`` makes, feeds ``input/x`` (NCHW) and returns the logits, the feature
   maps (NCHW, named ``map_names``), the pooled features and, in train mode, the mean cross-entropy, every BatchNorm
   buffer after the update (``state_after/``) and the gradient of every reference parameter."""
-  if meta.get("dtype", "float32") != "float32":
-    raise ValueError(f"meta.dtype={meta['dtype']!r}: this model runs in float32 only")
-  model = nnx.eval_shape(build)  # no initialisation: the model is filled from state/
+  model = tt.fixture_model(meta, arrays, build, load_torch_state)
   entries = reference_entries(model)
-  tt.load_torch_state(model, entries, tt.fixture_state(arrays))
   train = meta["mode"] == "train"
-  model.train() if train else model.eval()
   x = jnp.transpose(jnp.asarray(arrays["input/x"], jnp.float32), (0, 2, 3, 1))
 
   def forward(model):

@@ -216,6 +216,21 @@ def _to_numpy(value) -> np.ndarray:
   return np.asarray(value)
 
 
+def fixture_model(meta: Mapping, arrays: Mapping[str, np.ndarray], build: Callable[[], nnx.Module],
+                  load: Callable[[nnx.Module, Mapping[str, np.ndarray]], None]) -> nnx.Module:
+  """The model of a float32 fixture with a deterministic forward (no drop path): ``build()`` traced abstractly (no
+  initialisation), filled from ``state/`` by ``load(model, state_dict)`` (the model's converter), in the mode
+  ``meta.mode`` ('train' or anything else: eval)."""
+  if meta.get("dtype", "float32") != "float32":
+    raise ValueError(f"meta.dtype={meta['dtype']!r}: this model runs in float32 only")
+  if meta["config"].get("drop_path_rate", 0.0) != 0.0:
+    raise ValueError("config.drop_path_rate must be 0: a fixture's forward is deterministic")
+  model = nnx.eval_shape(build)
+  load(model, fixture_state(arrays))
+  model.train() if meta["mode"] == "train" else model.eval()
+  return model
+
+
 def run_forward(model: nnx.Module, entries: Sequence[Entry], forward: Callable[[nnx.Module], dict], *,
                 train: bool) -> dict[str, np.ndarray]:
   """A fixture runner's pass: ``forward(model) -> {key: array}`` under jit; with ``train`` (``forward`` then returns
