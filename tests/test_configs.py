@@ -22,7 +22,6 @@ from configs import ks_seresnet_cifar
 from dcls_jax import optim as dcls_optim
 from models import convnext
 from models import registry
-from models import snn_delays
 from train import data
 from train import optimizers
 from train import trainer
@@ -68,7 +67,7 @@ def test_shd_recipe_schedules_are_the_references(epoch, lr, b1, lr_positions):
   np.testing.assert_allclose(float(schedules["lr"](step)), lr, rtol=1e-3)
   np.testing.assert_allclose(float(schedules["b1"](step)), b1, rtol=1e-4)
   np.testing.assert_allclose(float(schedules["lr_positions"](step)), lr_positions, rtol=1e-3)
-  sigma = snn_delays.sigma_schedule(epoch, **config.sigma_schedule)
+  sigma = dcls_optim.sigma_schedule(epoch, **config.sigma_schedule)
   np.testing.assert_allclose(float(sigma) + 0.27, 0.5 if epoch >= 37 else 12 * (0.23 / 12) ** (epoch / 37) + 0.27,
                              rtol=1e-5)
 
