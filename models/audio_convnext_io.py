@@ -173,23 +173,11 @@ def run_dcls_audio_convnext_fixture(meta: Mapping, arrays: Mapping[str, np.ndarr
   model = tt.fixture_model(
       meta, arrays, lambda: dcls_audio_convnext_from_reference(meta["config"], conv_algorithm="direct"),
       load_torch_state)
-  train = meta["mode"] == "train"
-  spectrogram = arrays["input/spectrogram" if train else "output/spectrogram"]
-  x = jnp.transpose(jnp.asarray(spectrogram, jnp.float32), (0, 2, 3, 1))  # (B, 1, mel, T) -> (B, mel, T, 1)
+  return dcls_audio.run_fixture(meta, arrays, model, reference_entries(model), dcls_kernels)
 
-  def forward(model):
-    features = model.features(x)
-    logits = model.head(features)
-    out = {"output/features": features, "output/logits": logits}
-    if train:
-      out["output/loss"] = _mean_bce(logits, arrays["input/targets"])
-    for s, stage in enumerate(model.stages):
-      for b, block in enumerate(stage):
-        if isinstance(block.dwconv, dcls_nnx.DclsConv):
-          out[f"output/kernel/stages.{s}.{b}.dwconv"] = block.dwconv.kernel()
-    return out
 
-  out = tt.run_forward(model, reference_entries(model), forward, train=train)
-  if not train:
-    out.update(dcls_audio.reference_front_end(meta["config"], arrays["input/waveform"]))
-  return out
+def dcls_kernels(model: audio_convnext.DclsAudioConvNeXt) -> dict[str, jax.Array]:
+  """``output/kernel/stages.{s}.{b}.dwconv``: the dense kernel (C, 1, d, d) of every DCLS layer, torch layout."""
+  return {f"output/kernel/stages.{s}.{b}.dwconv": block.dwconv.kernel()
+          for s, stage in enumerate(model.stages) for b, block in enumerate(stage)
+          if isinstance(block.dwconv, dcls_nnx.DclsConv)}

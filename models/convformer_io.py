@@ -11,9 +11,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from dcls_jax import nnx as dcls_nnx
@@ -114,23 +112,7 @@ def run_fixture(meta: Mapping, arrays: Mapping[str, np.ndarray]) -> dict[str, np
   config = meta["config"]
   model = tt.fixture_model(meta, arrays, lambda: model_from_reference(config, conv_algorithm="direct"),
                            load_torch_state)
-  train = meta["mode"] == "train"
-  spectrogram = arrays["input/spectrogram" if train else "output/spectrogram"]
-  x = jnp.transpose(jnp.asarray(spectrogram, jnp.float32), (0, 2, 3, 1))  # (B, 1, mel, T) -> (B, mel, T, 1)
-
-  def forward(model):
-    features = model.features(x)
-    out = {"output/features": features, "output/logits": model.head(features)}
-    if train:
-      out["output/loss"] = optax.sigmoid_binary_cross_entropy(out["output/logits"], arrays["input/targets"]).mean()
-    else:
-      out.update(dcls_kernels(model))
-    return out
-
-  out = tt.run_forward(model, reference_entries(model), forward, train=train)
-  if not train:
-    out.update(dcls_audio.reference_front_end(config, arrays["input/waveform"]))
-  return out
+  return dcls_audio.run_fixture(meta, arrays, model, reference_entries(model), dcls_kernels)
 
 
 def dcls_kernels(model: convformer.ConvFormer) -> dict[str, jax.Array]:

@@ -8,14 +8,16 @@ front end as the reference fixtures record it.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from models import audio_frontend
 from models import convnext
+from models import torch_table as tt
 
 N_MELS = 128
 # The paper's baseline (dense 7x7) and its DCLS replacement.
@@ -48,3 +50,35 @@ def reference_front_end(config: Mapping[str, Any], waveform: np.ndarray) -> dict
   spectrogram = audio_frontend.log_mel(jnp.asarray(waveform, jnp.float32), front_end, mel_fb)  # (B, T, n_mels)
   return {"output/spectrogram": np.asarray(jnp.swapaxes(spectrogram, 1, 2)[:, None]),
           "output/mel_fb": mel_fb.astype(np.float32)}
+
+
+def network_input(spectrogram: np.ndarray) -> jnp.ndarray:
+  """A fixture's spectrogram (B, 1, n_mels, T), NCHW -> the models' input (B, n_mels, T, 1)."""
+  return jnp.transpose(jnp.asarray(spectrogram, jnp.float32), (0, 2, 3, 1))
+
+
+def run_fixture(meta: Mapping, arrays: Mapping[str, np.ndarray], model, entries: Sequence[tt.Entry],
+                dcls_kernels: Callable[[Any], dict]) -> dict[str, np.ndarray]:
+  """The eval and train files of the three ``dcls_audio_*`` archs, for a ``model`` loaded from ``state/``.
+
+  Eval: our front end on ``input/waveform`` (``output/spectrogram``, ``output/mel_fb``), then the network on the
+  fixture's ``output/spectrogram``: ``features``, ``logits`` and ``dcls_kernels(model)`` (``output/kernel/<layer>``).
+  Train: on ``input/spectrogram``, the logits, the mean BCE with logits against ``input/targets``, every gradient
+  (shared P/SIG: the total, under every alias) and the BatchNorm buffers after the pass.
+  """
+  train = meta["mode"] == "train"
+  x = network_input(arrays["input/spectrogram" if train else "output/spectrogram"])
+
+  def forward(model):
+    features = model.features(x)
+    out = {"output/features": features, "output/logits": model.head(features)}
+    if train:
+      out["output/loss"] = optax.sigmoid_binary_cross_entropy(out["output/logits"], arrays["input/targets"]).mean()
+    else:
+      out.update(dcls_kernels(model))
+    return out
+
+  out = tt.run_forward(model, entries, forward, train=train)
+  if not train:
+    out.update(reference_front_end(meta["config"], arrays["input/waveform"]))
+  return out

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from dcls_jax import nnx as dcls_nnx
@@ -155,10 +153,6 @@ def model_from_reference(config: Mapping[str, Any], *, conv_algorithm: str = "au
                          layer_scale_init=config.get("layer_scale_init_value", 1e-6), rngs=nnx.Rngs(0))
 
 
-def _nhwc(x):
-  return jnp.transpose(jnp.asarray(x, jnp.float32), (0, 2, 3, 1))
-
-
 def _dcls_kernels(model: fastvit.FastViT) -> dict[str, Any]:
   """``output/kernel/<layer>``: every DCLS layer's dense kernel (O, 1, d, d), under its reference name."""
   kernels = {}
@@ -187,28 +181,13 @@ def run_fixture(meta: Mapping, arrays: Mapping[str, np.ndarray]) -> dict[str, np
   model = tt.fixture_model(meta, arrays, lambda: model_from_reference(meta["config"], conv_algorithm="direct"),
                            load_torch_state)
 
-  if mode == "eval":
-    out = dcls_audio.reference_front_end(meta["config"], arrays["input/waveform"])
-    x = _nhwc(arrays["output/spectrogram"])
-
-    def forward(model):
-      features = model.features(x)
-      return {"output/features": features, "output/logits": model.head(features), **_dcls_kernels(model)}
-
-    out.update(nnx.jit(forward)(model))
-  elif mode == "train":
-    x, targets = _nhwc(arrays["input/spectrogram"]), arrays["input/targets"]
-
-    def forward(model):
-      logits = model(x)
-      return {"output/logits": logits, "output/loss": optax.sigmoid_binary_cross_entropy(logits, targets).mean()}
-
-    out = tt.run_forward(model, reference_entries(model), forward, train=True)
-  else:
-    x = _nhwc(arrays["input/spectrogram"])
-    inference = fastvit.reparameterize(model)
-    state = to_torch(inference, nnx.to_pure_dict(nnx.state(inference, nnx.Any(*tt.VARIABLES))))
-    out = {"output/logits_trainform": nnx.jit(lambda m: m(x))(model),
-           "output/logits": nnx.jit(lambda m: m(x))(inference),
-           **{f"output/reparam_state/{k}": v for k, v in state.items()}}
+  if mode != "reparam":
+    return dcls_audio.run_fixture(meta, arrays, model, reference_entries(model), _dcls_kernels)
+  x = dcls_audio.network_input(arrays["input/spectrogram"])
+  inference = fastvit.reparameterize(model)
+  state = to_torch(inference, nnx.to_pure_dict(nnx.state(inference, nnx.Any(*tt.VARIABLES))))
+  out = {"output/logits_trainform": nnx.jit(lambda m: m(x))(model),
+         "output/logits": nnx.jit(lambda m: m(x))(inference),
+         **{f"output/reparam_state/{k}": v for k, v in state.items()}}
   return {k: np.asarray(v) for k, v in out.items()}
+
