@@ -18,9 +18,11 @@ For each shape: forward (reference under ``torch.no_grad``) and forward+backward
 input and every parameter), median over repeats after one warm-up call (compile excluded, ``block_until_ready``).
 Slow calls get fewer repeats: repeats = clamp(budget / first-call seconds, 1, N).
 
-Ours runs for construction in (separable, scatter) x conv algorithm in (direct, fft, auto); scatter x direct is
-skipped (one direct row per shape). The default layer is the row of ``kernels.default_method`` (what ``auto``
-construction resolves to: scatter for v0 on CPU, separable for gauss) with the ``auto`` conv; the summary uses it.
+Ours runs for construction in (separable, scatter) x conv algorithm in (direct, fft, dft, auto); scatter x direct
+is skipped (one direct row per shape), dft runs on the 1-D shape only. The cotangent R is an argument of the jitted
+gradient, as a real upstream gradient would be (a constant R would let XLA fold part of the backward pass). The
+default layer is the row of ``kernels.default_method`` (what ``auto`` construction resolves to: scatter for v0 on
+CPU, separable for gauss) with the ``auto`` conv; the summary uses it.
 
 Construction memory (batch-independent, kernel only, fwd+bwd): ours = temp + output bytes of the compiled
 gradient of sum(kernel * Rk) wrt weight/positions/sigmas (``memory_analysis()``); the reference's = bytes of the
@@ -50,8 +52,8 @@ from dcls_jax import torch_io
 
 logging.getLogger().setLevel(logging.ERROR)  # the reference warns about implicit GEMM / CUDA at construction
 
-CONFIGS = (("separable", "direct"), ("separable", "fft"), ("separable", "auto"),
-           ("scatter", "fft"), ("scatter", "auto"))
+CONFIGS = (("separable", "direct"), ("separable", "fft"), ("separable", "dft"), ("separable", "auto"),
+           ("scatter", "fft"), ("scatter", "dft"), ("scatter", "auto"))
 TARGET_SPEEDUP = 5.0
 TARGET_MEMORY = 0.1
 
@@ -139,6 +141,7 @@ def main(argv=None):
   ap.add_argument("--repeats", type=int, default=None, help="max timed repeats per measurement (default 5; 1 quick)")
   ap.add_argument("--budget", type=float, default=None,
                   help="seconds per measurement that bound the repeats of slow calls (default 4)")
+  ap.add_argument("--only", default="", help="run only the shapes whose label contains this text, e.g. 'snn'")
   args = ap.parse_args(argv)
   repeats = args.repeats or (1 if args.quick else 5)
   budget = args.budget if args.budget is not None else (0.0 if args.quick else 4.0)
@@ -157,6 +160,8 @@ def main(argv=None):
   t_start = time.perf_counter()
 
   for label, class_name, kwargs, in_shape in shapes(args.quick):
+    if args.only not in label:
+      continue
     t_shape = time.perf_counter()
     ref = reference_layer(class_name, kwargs)
     params = {k: jnp.asarray(v) for k, v in
@@ -191,6 +196,8 @@ def main(argv=None):
     mem_ours = {}
     auto_algo = None
     for construction, algorithm in CONFIGS:
+      if algorithm == "dft" and len(in_shape) != 3:
+        continue
       spec = torch_io.spec_from_reference(class_name, kwargs, channels_first=True, conv_algorithm=algorithm,
                                           construction=construction)
       if algorithm == "auto" and auto_algo is None:
@@ -203,15 +210,15 @@ def main(argv=None):
       def fwd(x, p, spec=spec):
         return spec.apply(x, p["weight"], p["positions"], p.get("sigmas"), p.get("bias"))
 
-      def loss(x, p, spec=spec):
-        return jnp.sum(fwd(x, p) * r_j)
+      def loss(x, p, r, spec=spec):
+        return jnp.sum(fwd(x, p) * r)
 
       fwd_j = jax.jit(fwd)
       grad_j = jax.jit(jax.grad(loss, argnums=(0, 1)))
       y = np.asarray(fwd_j(x_j, params))
       dy = float(np.max(np.abs(y - y_ref_np)))
       ours_f, n_f = timeit(lambda: jax.block_until_ready(fwd_j(x_j, params)), repeats, budget)
-      ours_fb, n_fb = timeit(lambda: jax.block_until_ready(grad_j(x_j, params)), repeats, budget)
+      ours_fb, n_fb = timeit(lambda: jax.block_until_ready(grad_j(x_j, params, r_j)), repeats, budget)
       if construction not in mem_ours:
         mem_ours[construction] = ours_construction_bytes(spec, params)
       m = mem_ours[construction]

@@ -276,5 +276,8 @@ def make_spec(in_features: int,
                   feature_group_count=feature_group_count, use_bias=use_bias, version=version,
                   construction=construction, conv_algorithm=conv_algorithm, channels_first=channels_first,
                   gauss_sigma_offset=gauss_sigma_offset)
+  if conv_algorithm == "dft" and spec.num_spatial_dims != 1:
+    raise ValueError(f"conv_algorithm='dft' is for 1-D layers; this one has {spec.num_spatial_dims} spatial axes:"
+                     " expected 'auto', 'direct' or 'fft'")
   strides = _positive(_as_tuple(strides, spec.num_spatial_dims, "strides"), "strides")
   return dataclasses.replace(spec, strides=strides)

@@ -199,7 +199,7 @@ class SnnDelays(nnx.Module):
     delays: 'learned' (the method), 'fixed' (random integer delays, never learned) or 'none' (per-step dense
       synapses, no padding: T_final = T); the paper's ablations.
     bn_axis_name: a named axis (the trainer's 'data') to synchronise BatchNorm statistics across devices.
-    conv_algorithm: of the delay convolutions, ``dcls_jax.conv`` ('auto', 'direct', 'fft').
+    conv_algorithm: of the delay convolutions, ``dcls_jax.conv`` ('auto', 'direct', 'fft', 'dft').
     param_dtype: of parameters and statistics (float64 for the reference fixtures).
     rngs: 'params' initialises, 'dropout' draws the masks.
   """

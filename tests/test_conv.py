@@ -1,4 +1,4 @@
-"""Tests for dcls_jax.conv: the FFT algorithm against the direct one and torch.
+"""Tests for dcls_jax.conv: the FFT and DFT algorithms against the direct one and torch.
 
 Tolerance. Direct convolution is exact up to float summation order. FFT
 convolution rounds in the transforms, and those errors spread over all outputs:
@@ -8,8 +8,10 @@ we compare against ATOL * scale, where `scale` is the same convolution of |x|
 with |k| (for gradients, the same vjp of |cotangent| through |k| or |x|). With
 log2(P) <= 10 here that bound is ~6e-7; the measured errors are <= 2e-7 of scale
 on these cases and 1e-7 on ConvNeXt-size layers (where the float32 direct
-reference itself errs by up to 2.4e-7). ATOL = 1e-5 leaves a wide margin and
-still fails on any indexing, flip or padding bug (errors of order 1).
+reference itself errs by up to 2.4e-7). The DFT algorithm (1-D) sums Lp terms per
+transform instead of log2(Lp) stages: measured <= 3e-7 of scale here. ATOL = 1e-5
+leaves a wide margin and still fails on any indexing, flip or padding bug (errors
+of order 1).
 """
 
 import jax
@@ -18,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dcls_jax import conv as conv_lib
 from dcls_jax.conv import ALGORITHMS, choose_algorithm, conv, resolve_padding
 
 ATOL = 1e-5
@@ -40,6 +43,12 @@ CASES = [
      "zeros"),
     ((5, 6, 7), 4, 2, (3, 3, 3), 2, 2, "VALID", "circular"),
     ((4, 5, 3), 3, 3, (6, 7, 5), 3, 1, "SAME", "replicate"),  # kernel > input
+]
+
+
+CASES_1D = [case for case in CASES if len(case[0]) == 1] + [
+    ((9,), 6, 4, (5,), 2, 1, [(4, 0)], "zeros"),  # causal, as the SNN delay layers
+    ((13,), 5, 3, (6,), 1, 2, [(2, 3)], "reflect"),
 ]
 
 
@@ -90,8 +99,7 @@ def test_fft_matches_direct(case, channels_first):
     _assert_close(*run(x, k))
 
 
-@pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_fft_gradients_match_direct(case):
+def _assert_gradients_match_direct(case, algorithm):
   x, k = _inputs(case, channels_first=False)
   kw = _kwargs(case, channels_first=False)
   r = np.random.default_rng(1).standard_normal(
@@ -100,19 +108,76 @@ def test_fft_gradients_match_direct(case):
   @jax.jit
   def run(x, k, r):
     loss = lambda x, k, a: jnp.sum(conv(x, k, algorithm=a, **kw) * r)
-    grads = {a: jax.grad(loss, argnums=(0, 1))(x, k, a) for a in ALGORITHMS}
+    grads = {a: jax.grad(loss, argnums=(0, 1))(x, k, a)
+             for a in (algorithm, "direct")}
     # conv is bilinear: the vjp at (|x|, |k|) of |r| is the absolute scale.
     _, vjp = jax.vjp(lambda x, k: _direct(x, k, **kw), jnp.abs(x), jnp.abs(k))
-    return grads["fft"], grads["direct"], vjp(jnp.abs(r))
+    return grads[algorithm], grads["direct"], vjp(jnp.abs(r))
 
   with jax.default_matmul_precision("highest"):
     for actual, expected, scale in zip(*run(x, k, r.astype(np.float32))):
       _assert_close(actual, expected, scale)
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_fft_gradients_match_direct(case):
+  _assert_gradients_match_direct(case, "fft")
+
+
+@pytest.fixture(params=["3 products", "4 products"])
+def dft_scheme(request, monkeypatch):
+  """Runs a 'dft' test under each way of combining the spectra (conv._dft_conv)."""
+  three = request.param == "3 products"
+  monkeypatch.setattr(conv_lib, "_dft_uses_three_products", lambda *shape: three)
+
+
+@pytest.mark.parametrize("channels_first", [False, True])
+@pytest.mark.parametrize("case", CASES_1D, ids=_case_id)
+def test_dft_matches_direct(case, channels_first, dft_scheme):
+  x, k = _inputs(case, channels_first)
+  kw = _kwargs(case, channels_first)
+  with jax.default_matmul_precision("highest"):
+    _assert_close(conv(x, k, algorithm="dft", **kw), _direct(x, k, **kw),
+                  _direct(jnp.abs(x), jnp.abs(k), **kw))
+
+
+@pytest.mark.parametrize("case", CASES_1D, ids=_case_id)
+def test_dft_gradients_match_direct(case, dft_scheme):
+  _assert_gradients_match_direct(case, "dft")
+
+
+def test_dft_float64():
+  with jax.enable_x64(True):
+    x, k = _inputs(CASES_1D[-2], channels_first=True)
+    x, k = x.astype(jnp.float64), k.astype(jnp.float64)
+    kw = _kwargs(CASES_1D[-2], channels_first=True)
+    actual = conv(x, k, algorithm="dft", **kw)
+    assert actual.dtype == jnp.float64
+    expected = conv(x, k, algorithm="direct", **kw)
+    scale = np.max(conv(jnp.abs(x), jnp.abs(k), algorithm="direct", **kw))
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-13 * scale)
+
+
+def test_dft_is_real_matmuls():
+  """No FFT and no complex numbers: matmuls by constant DFT matrices."""
+  x = jax.ShapeDtypeStruct((64, 100, 700), jnp.float32)
+  k = jax.ShapeDtypeStruct((256, 700, 25), jnp.float32)
+  jaxpr = str(jax.make_jaxpr(jax.grad(lambda x, k: jnp.sum(conv(
+      x, k, padding=[(24, 12)], algorithm="dft")), argnums=(0, 1)))(x, k))
+  assert "dot_general" in jaxpr
+  assert "fft" not in jaxpr and "complex" not in jaxpr
+
+
+def test_dft_scheme_follows_memory_traffic():
+  # SNN-delays' hidden layers (batch 256): 3 products; 700 -> 256 at batch 64: 4.
+  assert conv_lib._dft_uses_three_products(256, 256, 140)
+  assert conv_lib._dft_uses_three_products(256, 256, 256)
+  assert not conv_lib._dft_uses_three_products(64, 256, 700)
+
+
 @pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
-@pytest.mark.parametrize("ndim", [1, 2, 3])
+@pytest.mark.parametrize("ndim,algorithm", [
+    (ndim, a) for ndim in (1, 2, 3) for a in ALGORITHMS if a != "dft" or ndim == 1])
 def test_matches_torch(ndim, mode, algorithm):
   torch = pytest.importorskip("torch")
   f = torch.nn.functional
@@ -138,10 +203,11 @@ def test_matches_torch(ndim, mode, algorithm):
   _assert_close(actual, expected, scale)
 
 
-def test_jit_and_vmap():
-  x, k = _inputs(CASES[6], channels_first=False)
-  kw = _kwargs(CASES[6], channels_first=False)
-  f = lambda x: conv(x, k, algorithm="fft", **kw)
+@pytest.mark.parametrize("algorithm,case", [("fft", CASES[6]), ("dft", CASES_1D[-2])])
+def test_jit_and_vmap(algorithm, case):
+  x, k = _inputs(case, channels_first=False)
+  kw = _kwargs(case, channels_first=False)
+  f = lambda x: conv(x, k, algorithm=algorithm, **kw)
   xs = jnp.stack([x, 2 * x, -x])
   expected = jnp.stack([f(xi) for xi in xs])
   np.testing.assert_allclose(jax.jit(jax.vmap(f))(xs), expected, rtol=1e-6,
@@ -149,11 +215,12 @@ def test_jit_and_vmap():
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_fft_low_precision_returns_input_dtype(dtype):
-  x, k = _inputs(CASES[7], channels_first=False)
+@pytest.mark.parametrize("algorithm,case", [("fft", CASES[7]), ("dft", CASES_1D[-2])])
+def test_low_precision_returns_input_dtype(dtype, algorithm, case):
+  x, k = _inputs(case, channels_first=False)
   x, k = x.astype(dtype), k.astype(dtype)
-  kw = _kwargs(CASES[7], channels_first=False)
-  actual = conv(x, k, algorithm="fft", **kw)
+  kw = _kwargs(case, channels_first=False)
+  actual = conv(x, k, algorithm=algorithm, **kw)
   assert actual.dtype == dtype
   # Computed in float32: only the final rounding to `dtype` (eps / 2) remains.
   x32, k32 = x.astype(jnp.float32), k.astype(jnp.float32)
@@ -214,13 +281,25 @@ def test_choose_algorithm_large_depthwise_uses_fft_on_cpu():
                           channels_first=True, **kwargs) == "fft"
 
 
-@pytest.mark.parametrize("shape", [(8, 20, 140, 256, 25), (50, 50, 24, 12, 7)])
-def test_choose_algorithm_causal_1d_dense_uses_fft_on_cpu(shape):
-  """SNN delay layers (pads (K - 1, K // 2)): XLA's direct path measured 6-50x slower than the FFT."""
+@pytest.mark.parametrize("shape", [(8, 20, 140, 256, 25), (50, 50, 24, 12, 7), (256, 100, 140, 256, 25)])
+def test_choose_algorithm_causal_1d_dense_uses_dft_on_cpu(shape):
+  """SNN delay layers (pads (K - 1, K // 2)): XLA's direct path measured 6-50x slower than the FFT, which is
+  1.2-1.7x slower than the DFT matmuls."""
   batch, steps, c_in, c_out, taps = shape
   padded = (batch, steps + taps - 1 + taps // 2, c_in)
   kwargs = dict(strides=1, feature_group_count=1, backend="cpu")
-  assert choose_algorithm(padded, (c_out, c_in, taps), asymmetric_padding=True, **kwargs) == "fft"
+  assert choose_algorithm(padded, (c_out, c_in, taps), asymmetric_padding=True, **kwargs) == "dft"
+  kwargs["backend"] = "gpu"
+  assert choose_algorithm(padded, (c_out, c_in, taps), asymmetric_padding=True, **kwargs) == "direct"
+
+
+@pytest.mark.parametrize("input_shape,kernel_shape,groups", [
+    ((8, 530, 256), (256, 1, 31), 256),  # depthwise: nothing to contract, elementwise FFT products
+    ((4, 4064, 32), (32, 32, 65), 1),  # long: the DFT matrices grow as steps^2
+    ((2, 34, 34, 64), (128, 32, 7, 7), 2),  # 2-D
+])
+def test_choose_algorithm_keeps_dft_to_short_1d_channel_contractions(input_shape, kernel_shape, groups):
+  assert choose_algorithm(input_shape, kernel_shape, strides=1, feature_group_count=groups, backend="cpu") != "dft"
 
 
 @pytest.mark.parametrize("kernel_size,primitive", [
@@ -264,6 +343,7 @@ def test_resolve_padding_rejects(padding):
      "feature_group_count"),
     ((2, 8, 8, 4), (4, 4, 3, 3), {"algorithm": "winograd"}, "algorithm"),
     ((2, 8, 8, 4), (4, 4, 3, 3), {"padding_mode": "mirror"}, "padding_mode"),
+    ((2, 8, 8, 4), (4, 4, 3, 3), {"algorithm": "dft"}, "algorithm='dft'.*2 spatial axes"),
     ((2, 8, 8, 4), (4, 4, 3, 3), {"strides": 0}, "strides"),
     ((2, 8, 8, 4), (4, 4, 3, 3), {"strides": (1, 1, 1)}, "strides"),
     ((2, 8, 8, 4), (4, 4, 3, 3), {"padding": "full"}, "padding"),

@@ -245,6 +245,25 @@ def test_separable_and_scatter_agree_in_values_and_gradients(version, sizes):
   assert np.any(np.asarray(grads_sep[1]) != 0)  # the comparison is not vacuous
 
 
+@pytest.mark.parametrize("sizes", SIZES_BY_DIM, ids=str)
+@pytest.mark.parametrize("version", VERSIONS)
+def test_one_element_per_channel_pair(version, sizes):
+  """Kc = 1 (the delay synapses of SNN-delays) takes an outer product, not a contraction: same values and
+  gradients as scatter, incl. elements on integers, at +-d//2 and off the grid."""
+  # The 6 edge-case elements of each of 2 x 3 channel pairs become 6 x 3 pairs of one element each.
+  params = tuple(None if p is None else p.reshape(p.shape[:-2] + (-1, 1))
+                 for p in edge_case_params(13, sizes, version))
+  np.testing.assert_allclose(build(*params, sizes, version, "separable"), dense_reference(*params, sizes, version),
+                             rtol=1e-5, atol=F32_ATOL)
+  cotangent = np.random.default_rng(6).normal(size=(2, 18) + sizes).astype(np.float32)
+  (kernel_sep, grads_sep), (kernel_sct, grads_sct) = (
+      kernel_and_grads(*params, sizes, version, method, cotangent) for method in METHODS)
+  np.testing.assert_allclose(kernel_sep, kernel_sct, rtol=1e-6, atol=F32_ATOL)
+  for name, g_sep, g_sct in zip(("weight", "positions", "sigmas"), grads_sep, grads_sct):
+    scale = max(1.0, float(np.abs(g_sep).max()))
+    np.testing.assert_allclose(g_sep, g_sct, rtol=0, atol=GRAD_RTOL_OF_SCALE * scale, err_msg=name)
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_gradients_match_finite_differences_of_dense_reference(version):
   """Directional derivatives (away from kinks) agree with central differences of the float64 formulas."""
@@ -535,6 +554,7 @@ def test_v0_and_v1_do_not_need_sigmas():
     (dict(kind="partial", dilated_kernel_size=7, dense_kernel_size=(3, 3), version="v0"), "v0"),
     (dict(version="v2"), "version"),
     (dict(dilated_kernel_size=(5, 0)), "dilated_kernel_size"),
+    (dict(conv_algorithm="dft"), "conv_algorithm='dft'.*1-D"),
 ])
 def test_make_spec_rejects_bad_arguments_naming_them(kwargs, match):
   args = dict(in_features=4, out_features=4, kernel_count=3, dilated_kernel_size=(5, 5), feature_group_count=2)
