@@ -16,14 +16,14 @@ Three algorithms:
   This is what cuDNN / the TPU MXU are built for, but XLA's CPU convolution
   is slow for grouped and depthwise layers (30-700x slower than "fft" with
   7x7 to 23x23 kernels, fwd+bwd, on a 2-core CPU).
-* "fft": real-FFT convolution. With padded length `Lp` and kernel length `d`
-  along an axis, the circular correlation of FFT size `F >= Lp` equals the
-  linear one on the outputs `t in [0, Lp - d]` (indices `t + tau <= Lp - 1`
-  never wrap), so `F = Lp` rounded up to a 2,3,5-smooth size suffices. The
-  correlation is `irfft(rfft(xp) * conj(rfft(k)))`, channels are contracted
+* "fft": real-FFT convolution. The circular correlation of FFT size F of the
+  unpadded input with the kernel, `irfft(rfft(x) * conj(rfft(k)))`, holds
+  every output of the zero-padded linear correlation once F is large enough
+  that nothing wraps onto a kept output (at most the padded length; see
+  `_fft_conv`), rounded up to a 2,3,5-smooth size; channels are contracted
   per frequency (an elementwise product when each group has one input
-  channel), and the result is sliced to `[0, Lp - d]` and subsampled by the
-  stride. Mathematically exact; the float32 round-off is relative to
+  channel), and the outputs are gathered from their circular positions and
+  subsampled by the stride. Mathematically exact; the float32 round-off is relative to
   `sum |x| |k|` over the window rather than to the output (errors measured
   <= 2e-7 of the largest such sum, as for float32 direct convolution with
   large kernels; see the tests),
@@ -309,27 +309,42 @@ def _direct_conv(x, kernel, strides, pads, groups, channels_first, precision):
 
 
 def _fft_conv(x, kernel, strides, pads, groups, channels_first, precision):
-  """Valid cross-correlation of the zero-padded `x` via real FFTs."""
+  """Valid cross-correlation of the zero-padded `x` via real FFTs.
+
+  The zero padding is not materialised: the circular correlation c of the
+  unpadded input with the kernel (both zero-filled to the FFT size F) holds
+  output t at index t * s - lo (mod F) whenever F >= max(d, n + lo,
+  max(d - lo, 1) + (out - 1) s) along each axis (n input, d kernel, lo low
+  pad, s stride, out outputs): no product of an input sample with a kernel
+  tap that the padded correlation would not make wraps onto a kept index, and
+  the kept indices are distinct. That F is
+  smaller than the padded length whenever the kernel overhangs the input
+  (ConvNeXt's 7x7 maps with 17x17 kernels: 18 instead of 24).
+  """
   ndim = kernel.ndim - 2
   sp_axes = _spatial_axes(ndim, channels_first)
   kernel_axes = tuple(range(2, kernel.ndim))
   compute_dtype = jnp.float64 if x.dtype == jnp.float64 else jnp.float32
-  xp = jnp.pad(x.astype(compute_dtype), _pad_width(x.ndim, sp_axes, pads))
-  padded = [xp.shape[a] for a in sp_axes]
-  fft_shape = [_fast_fft_size(n) for n in padded]
+  sizes = [x.shape[a] for a in sp_axes]
+  outs = [(n + lo + hi - d) // s + 1
+          for n, (lo, hi), d, s in zip(sizes, pads, kernel.shape[2:], strides)]
+  fft_shape = [_fast_fft_size(max(d, n + lo, max(d - lo, 1) + (out - 1) * s))
+               for n, (lo, _), d, s, out in zip(sizes, pads, kernel.shape[2:],
+                                                 strides, outs)]
 
-  # FFT(correlation of x and k) = FFT(x) * conj(FFT(k)). As fft_shape >= padded,
-  # the outputs [0, padded - d] kept below do not wrap around.
-  x_freq = jnp.fft.rfftn(xp, s=fft_shape, axes=sp_axes)
+  # FFT(circular correlation of x and k) = FFT(x) * conj(FFT(k)).
+  x_freq = jnp.fft.rfftn(x.astype(compute_dtype), s=fft_shape, axes=sp_axes)
   k_freq = jnp.conj(jnp.fft.rfftn(kernel.astype(compute_dtype), s=fft_shape,
                                   axes=kernel_axes))
   y_freq = _contract_channels(x_freq, k_freq, groups, channels_first,
                               precision)
   y = jnp.fft.irfftn(y_freq, s=fft_shape, axes=sp_axes)
 
+  # Output t sits at t * s - lo (mod F): roll by lo, then take every s-th.
+  y = jnp.roll(y, [lo for lo, _ in pads], axis=sp_axes)
   start, limit, step = [0] * y.ndim, list(y.shape), [1] * y.ndim
-  for a, n, d, s in zip(sp_axes, padded, kernel.shape[2:], strides):
-    limit[a], step[a] = n - d + 1, s
+  for a, out, s in zip(sp_axes, outs, strides):
+    limit[a], step[a] = (out - 1) * s + 1, s
   return lax.slice(y, start, limit, step).astype(x.dtype)
 
 
