@@ -143,6 +143,26 @@ def test_fixed_delays_are_random_integers_that_never_move():
   np.testing.assert_allclose(model(x), train_out, rtol=1e-6, atol=1e-6)
 
 
+def test_outputs_and_gradients_do_not_depend_on_the_conv_algorithm():
+  """'auto' takes the DFT matmuls on CPU (the benchmark's speed); they train the same network as 'direct'."""
+  x = (jax.random.uniform(jax.random.key(0), (3, 12, 6)) < 0.3).astype(jnp.float32)
+
+  def output_and_grads(conv_algorithm):
+    split, params, batch_stats = step_lib.Model.split(tiny_model(conv_algorithm=conv_algorithm))
+
+    def loss(p):
+      out = split.apply(p, batch_stats, x, train=True, dropout_key=jax.random.key(0))[0]
+      return jnp.sum(jnp.sin(out)), out
+    (_, out), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    return out, grads
+
+  with jax.default_matmul_precision("highest"):
+    expected = output_and_grads("direct")
+    for algorithm in ("dft", "fft", "auto"):
+      for a, e in zip(jax.tree.leaves(output_and_grads(algorithm)), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(e).max())))
+
+
 def test_no_delays_keeps_the_sequence_length_and_has_no_positions():
   model = tiny_model(delays="none")
   x = jnp.ones((2, 10, 6))
