@@ -146,18 +146,6 @@ def test_dft_gradients_match_direct(case, dft_scheme):
   _assert_gradients_match_direct(case, "dft")
 
 
-def test_dft_float64():
-  with jax.enable_x64(True):
-    x, k = _inputs(CASES_1D[-2], channels_first=True)
-    x, k = x.astype(jnp.float64), k.astype(jnp.float64)
-    kw = _kwargs(CASES_1D[-2], channels_first=True)
-    actual = conv(x, k, algorithm="dft", **kw)
-    assert actual.dtype == jnp.float64
-    expected = conv(x, k, algorithm="direct", **kw)
-    scale = np.max(conv(jnp.abs(x), jnp.abs(k), algorithm="direct", **kw))
-    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-13 * scale)
-
-
 def test_dft_is_real_matmuls():
   """No FFT and no complex numbers: matmuls by constant DFT matrices."""
   x = jax.ShapeDtypeStruct((64, 100, 700), jnp.float32)
@@ -231,12 +219,13 @@ def test_low_precision_returns_input_dtype(dtype, algorithm, case):
                              atol=ATOL * scale)
 
 
-def test_fft_float64():
+@pytest.mark.parametrize("algorithm,case,channels_first", [("fft", CASES[12], False), ("dft", CASES_1D[-2], True)])
+def test_float64(algorithm, case, channels_first):
   with jax.enable_x64(True):
-    x, k = _inputs(CASES[12], channels_first=False)
+    x, k = _inputs(case, channels_first)
     x, k = x.astype(jnp.float64), k.astype(jnp.float64)
-    kw = _kwargs(CASES[12], channels_first=False)
-    actual = conv(x, k, algorithm="fft", **kw)
+    kw = _kwargs(case, channels_first)
+    actual = conv(x, k, algorithm=algorithm, **kw)
     assert actual.dtype == jnp.float64
     expected = conv(x, k, algorithm="direct", **kw)
     scale = np.max(conv(jnp.abs(x), jnp.abs(k), algorithm="direct", **kw))
