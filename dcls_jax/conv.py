@@ -244,7 +244,9 @@ def _frequency_algorithm(input_shape, kernel_shape, channels_first):
 #   ones run 3-6x slower still). 3-D runs ~5x slower, groups with C_in // G > 1
 #   10x-80x slower. E.g. depthwise, batch 8, 96 channels, 56x56, 17x17: 1.71 s
 #   (FFT: 0.042 s).
-# fft: P = prod(F) FFT points, Pr = P // F[-1] * (F[-1] // 2 + 1) frequencies:
+# fft: P = prod(F) FFT points (F from the padded size, as fitted; `_fft_conv`
+#   now transforms at F <= that, so the estimate errs towards 'direct'),
+#   Pr = P // F[-1] * (F[-1] // 2 + 1) frequencies:
 #   input and output transforms, N * (C_in + O) * P * log2(P); kernel
 #   transforms, O * Cg * P * log2(P), dearer per point (many small transforms
 #   and a large spectrum to move); the channel contraction, N * Pr * O * Cg

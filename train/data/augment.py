@@ -11,6 +11,8 @@ Layouts: images are NHWC numpy arrays, uint8 0..255 before normalisation and flo
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from typing import Callable, Optional, Sequence
 
@@ -231,3 +233,48 @@ def make_mixup(mixup_config: ConfigDict, *, num_classes: int, draw: int) -> pipe
     return {**batch, "image": images, "label": (lam * targets + (1.0 - lam) * targets[::-1]).astype(np.float32)}
 
   return mix
+
+
+# ---- the recipe's settings -----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class RecipeAugmentation:
+  """The timm recipe's RandAugment, random erasing and mixup, as ``config.dataset`` sets them.
+
+  Fields read (defaults: the recipe's): ``randaugment_ops`` (2; 0: none), ``randaugment_magnitude`` (9),
+  ``randaugment_magnitude_std`` (0.5), ``random_erasing`` (0.25; 0: none), ``mixup`` (a ConfigDict for
+  ``make_mixup``, or absent: no mixup).
+  """
+  num_ops: int
+  magnitude: float
+  magnitude_std: float
+  erasing: float
+  mix: Optional[pipeline.Transform]
+
+  @classmethod
+  def from_config(cls, dataset_config: ConfigDict, *, num_classes: int, mixup_draw: int) -> "RecipeAugmentation":
+    number = functools.partial(pipeline.config_number, dataset_config)
+    mixup_config = dataset_config.get("mixup")
+    return cls(num_ops=number("randaugment_ops", 2, 0, 16, integer=True),
+               magnitude=number("randaugment_magnitude", 9, 0, MAGNITUDE_MAX),
+               magnitude_std=number("randaugment_magnitude_std", 0.5, 0, MAGNITUDE_MAX),
+               erasing=number("random_erasing", 0.25, 0, 1),
+               mix=None if mixup_config is None else make_mixup(mixup_config, num_classes=num_classes,
+                                                                draw=mixup_draw))
+
+  def rand_augment(self, image: Image.Image, rng: np.random.Generator, *, fill: tuple[int, ...]) -> Image.Image:
+    """``rand_augment`` with these settings (the image itself when ``num_ops`` is 0)."""
+    if not self.num_ops:
+      return image
+    return rand_augment(image, rng, num_ops=self.num_ops, magnitude=self.magnitude, magnitude_std=self.magnitude_std,
+                        fill=fill)
+
+  def erase(self, images: np.ndarray, random: pipeline.ExampleRandom, draw: int) -> np.ndarray:
+    """``random_erasing`` of a normalised batch with probability ``erasing`` (none when 0)."""
+    if not self.erasing:
+      return images
+    return random_erasing(images, example_generators(random, draw), probability=self.erasing)
+
+  def mixed(self, batch: dict, random: pipeline.ExampleRandom) -> dict:
+    """The batch after mixup, or as it is without one."""
+    return self.mix(batch, random) if self.mix is not None else batch

@@ -237,35 +237,26 @@ def make_transform(dataset_config: ConfigDict, *, train: bool, num_classes: int)
   features are dropped. Fields of ``dataset_config``: see the module docstring."""
   augmentation = _choice(dataset_config, "augment", "none", AUGMENTATIONS)
   mean, std = NORMALIZATIONS[_choice(dataset_config, "normalization", "cifar", NORMALIZATIONS)]
-  num_ops = pipeline.config_number(dataset_config, "randaugment_ops", 2, 0, 16, integer=True)
-  magnitude = pipeline.config_number(dataset_config, "randaugment_magnitude", 9, 0, augment.MAGNITUDE_MAX)
-  magnitude_std = pipeline.config_number(dataset_config, "randaugment_magnitude_std", 0.5, 0, augment.MAGNITUDE_MAX)
-  erasing = pipeline.config_number(dataset_config, "random_erasing", 0.25, 0, 1)
-  mixup_config = dataset_config.get("mixup")
-  mix = (augment.make_mixup(mixup_config, num_classes=num_classes, draw=MIXUP_DRAW) if mixup_config is not None
-         else None)
+  recipe = augment.RecipeAugmentation.from_config(dataset_config, num_classes=num_classes, mixup_draw=MIXUP_DRAW)
 
   def normalize(images: np.ndarray) -> np.ndarray:
     return (images.astype(np.float32) / 255.0 - mean) / std
 
   def rand_augmented(images: np.ndarray, random: pipeline.ExampleRandom) -> np.ndarray:
     rngs = augment.example_generators(random, RAND_AUGMENT_DRAW)
-    return np.stack([np.asarray(augment.rand_augment(Image.fromarray(image), rng, num_ops=num_ops,
-                                                     magnitude=magnitude, magnitude_std=magnitude_std,
-                                                     fill=imagenet.FILL))
+    return np.stack([np.asarray(recipe.rand_augment(Image.fromarray(image), rng, fill=imagenet.FILL))
                      for image, rng in zip(images, rngs)])
 
   def train_transform(batch: dict, random: pipeline.ExampleRandom) -> dict:
     images = batch["image"]
     if augmentation != "none":
       images = crop_and_flip(images, random)
-    if augmentation == "convmixer" and num_ops:
+    if augmentation == "convmixer" and recipe.num_ops:
       images = rand_augmented(images, random)
     images = normalize(images)
-    if augmentation == "convmixer" and erasing:
-      images = augment.random_erasing(images, augment.example_generators(random, ERASING_DRAW), probability=erasing)
-    out = {"image": images, "label": batch["label"].astype(np.int32)}
-    return mix(out, random) if mix is not None else out
+    if augmentation == "convmixer":
+      images = recipe.erase(images, random, ERASING_DRAW)
+    return recipe.mixed({"image": images, "label": batch["label"].astype(np.int32)}, random)
 
   def eval_transform(batch: dict, random: pipeline.ExampleRandom) -> dict:
     del random

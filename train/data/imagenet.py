@@ -202,31 +202,20 @@ def make_transform(dataset_config: ConfigDict, *, train: bool) -> pipeline.Trans
   Fields of ``dataset_config``: see the module docstring."""
   image_size = pipeline.config_number(dataset_config, "image_size", 224, 1, 4096, integer=True)
   crop_pct = pipeline.config_number(dataset_config, "crop_pct", 0.875, 0.01, 1.0)
-  num_ops = pipeline.config_number(dataset_config, "randaugment_ops", 2, 0, 16, integer=True)
-  magnitude = pipeline.config_number(dataset_config, "randaugment_magnitude", 9, 0, augment.MAGNITUDE_MAX)
-  magnitude_std = pipeline.config_number(dataset_config, "randaugment_magnitude_std", 0.5, 0, augment.MAGNITUDE_MAX)
-  erasing = pipeline.config_number(dataset_config, "random_erasing", 0.25, 0, 1)
-  mixup_config = dataset_config.get("mixup")
-  mix = (augment.make_mixup(mixup_config, num_classes=NUM_CLASSES, draw=MIXUP_DRAW) if mixup_config is not None
-         else None)
+  recipe = augment.RecipeAugmentation.from_config(dataset_config, num_classes=NUM_CLASSES, mixup_draw=MIXUP_DRAW)
 
   def augmented(encoded: bytes, crop_rng: np.random.Generator, rand_augment_rng: np.random.Generator) -> np.ndarray:
     image = augment.random_resized_crop(decode(encoded), crop_rng, image_size)
     if crop_rng.random() < 0.5:
       image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    if num_ops:
-      image = augment.rand_augment(image, rand_augment_rng, num_ops=num_ops, magnitude=magnitude,
-                                   magnitude_std=magnitude_std, fill=FILL)
-    return np.asarray(image)
+    return np.asarray(recipe.rand_augment(image, rand_augment_rng, fill=FILL))
 
   def train_transform(batch: dict, random: pipeline.ExampleRandom) -> dict:
     crop_rngs = augment.example_generators(random, CROP_DRAW)
     rand_augment_rngs = augment.example_generators(random, RAND_AUGMENT_DRAW)
     images = normalize(np.stack([augmented(*args) for args in zip(batch["image"], crop_rngs, rand_augment_rngs)]))
-    if erasing:
-      images = augment.random_erasing(images, augment.example_generators(random, ERASING_DRAW), probability=erasing)
-    out = {"image": images, "label": batch["label"].astype(np.int32)}
-    return mix(out, random) if mix is not None else out
+    images = recipe.erase(images, random, ERASING_DRAW)
+    return recipe.mixed({"image": images, "label": batch["label"].astype(np.int32)}, random)
 
   def eval_transform(batch: dict, random: pipeline.ExampleRandom) -> dict:
     del random
