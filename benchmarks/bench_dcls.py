@@ -2,10 +2,11 @@
 
 Usage::
 
-  python -m benchmarks.bench_dcls [--quick] [--repeats N] [--budget S]
+  python -m benchmarks.bench_dcls [--quick] [--repeats N] [--budget S] [--only TEXT] [--reference-device D]
 
-Runs, in one process, our layer (``DclsSpec.apply`` under ``jax.jit``) and the reference
-``DCLS.construct.modules.Dcls2d`` / ``Dcls1d`` (torch on CPU, default thread count, use_implicit_gemm=False) on:
+Runs, in one process, our layer (``DclsSpec.apply`` under ``jax.jit``, on jax's default backend) and the reference
+``DCLS.construct.modules.Dcls2d`` / ``Dcls1d`` (use_implicit_gemm=False; torch on the GPU when jax runs on one and
+torch sees a CUDA device, else on the CPU with its default thread count) on:
 
 * ConvNeXt-T depthwise layers, batch 8: C = 96@56x56, 192@28x28, 384@14x14, 768@7x7, each for the ``v0`` recipe
   (d = 17, Kc = 34, padding 8) and the ``gauss`` recipe (d = 23, Kc = 26, padding 11);
@@ -74,6 +75,13 @@ def shapes(quick: bool):
   return out
 
 
+def reference_device(requested: str | None) -> str:
+  """The torch device of the reference: ``requested``, else the kind jax runs on (cuda for a GPU backend)."""
+  if requested:
+    return requested
+  return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
 def timeit(fn, repeats: int, budget: float):
   """Median seconds of fn() after one warm-up; fewer repeats when a call is slow. Returns (median, n)."""
   fn()  # warm-up (and compile, for jitted fns)
@@ -91,6 +99,7 @@ def timeit(fn, repeats: int, budget: float):
 
 # ---- reference ------------------------------------------------------------------------------------
 def reference_layer(class_name, kwargs, seed=0):
+  """The reference layer on the CPU, drawn from ``seed`` (so its parameters do not depend on the device)."""
   from DCLS.construct import modules
   torch.manual_seed(seed)
   layer = getattr(modules, class_name)(**kwargs)
@@ -142,13 +151,18 @@ def main(argv=None):
   ap.add_argument("--budget", type=float, default=None,
                   help="seconds per measurement that bound the repeats of slow calls (default 4)")
   ap.add_argument("--only", default="", help="run only the shapes whose label contains this text, e.g. 'snn'")
+  ap.add_argument("--reference-device", default=None,
+                  help="torch device of the reference, e.g. 'cpu' or 'cuda' (default: cuda when jax runs on a GPU)")
   args = ap.parse_args(argv)
   repeats = args.repeats or (1 if args.quick else 5)
   budget = args.budget if args.budget is not None else (0.0 if args.quick else 4.0)
 
+  device = reference_device(args.reference_device)
+  sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
   print(f"machine: processor={platform.processor() or platform.machine()!r}, cpu_count={os.cpu_count()}, "
         f"torch threads={torch.get_num_threads()}, jax {jax.__version__}, torch {torch.__version__}, "
-        f"jax backend={jax.default_backend()}, load avg={os.getloadavg()}")
+        f"jax backend={jax.default_backend()} ({jax.devices()[0].device_kind}), reference on {device}, "
+        f"load avg={os.getloadavg()}")
   print(f"repeats <= {repeats} (fewer for calls slower than {budget:.1f}s / repeats; min 1), "
         f"median after 1 warm-up; reference fwd under torch.no_grad; float32\n")
   sys.stdout.flush()
@@ -168,28 +182,33 @@ def main(argv=None):
               torch_io.params_from_reference(class_name, kwargs, ref.state_dict()).items()}
     rng = np.random.default_rng(0)
     x_np = rng.standard_normal(in_shape).astype(np.float32)
+    ref = ref.to(device)
+    x_t = torch.from_numpy(x_np).to(device)
     with torch.no_grad():
-      y_ref = ref(torch.from_numpy(x_np))
+      y_ref = ref(x_t)
     r_np = rng.standard_normal(tuple(y_ref.shape)).astype(np.float32)
 
     # reference timings
-    x_t = torch.from_numpy(x_np)
-    r_t = torch.from_numpy(r_np)
+    r_t = torch.from_numpy(r_np).to(device)
     ref_params = [p for p in ref.parameters() if p.requires_grad]
 
     def ref_fwd():
       with torch.no_grad():
-        return ref(x_t)
+        y = ref(x_t)
+      sync()
+      return y
 
     def ref_fwd_bwd():
       xg = x_t.detach().requires_grad_(True)
       loss = (ref(xg) * r_t).sum()
-      return torch.autograd.grad(loss, [xg] + ref_params)
+      grads = torch.autograd.grad(loss, [xg] + ref_params)
+      sync()
+      return grads
 
     ref_fwd_s, n_ref_f = timeit(ref_fwd, repeats, budget)
     ref_fb_s, n_ref_fb = timeit(ref_fwd_bwd, repeats, budget)
     ref_mem = reference_construction_bytes(ref)
-    y_ref_np = y_ref.numpy()
+    y_ref_np = y_ref.cpu().numpy()
 
     x_j = jnp.asarray(x_np)
     r_j = jnp.asarray(r_np)

@@ -18,6 +18,12 @@ def test_dcls_benchmark_quick_run_prints_the_table_and_summary():
   assert "| shape |" in stdout and "Summary" in stdout, stdout[-3000:]
 
 
+def test_conv_benchmark_quick_run_prints_every_algorithm_and_the_choice():
+  stdout = _run("benchmarks.bench_conv", "--quick", "--steps", "1")
+  assert "| shape | direct s | fft s | dft s | fastest | chosen | chosen / fastest |" in stdout, stdout[-3000:]
+  assert "| dense 1-D 16->8 T20 N2 k25 |" in stdout and "| dw 2-D C8@16x16 N2 k7 |" in stdout, stdout[-3000:]
+
+
 @pytest.mark.slow
 def test_training_throughput_benchmark_quick_run_prints_the_ratios(tmp_path):
   stdout = _run("benchmarks.bench_train", "--quick", "--warmup", "2", "--data_dir", str(tmp_path))
