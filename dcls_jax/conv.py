@@ -183,9 +183,11 @@ def choose_algorithm(input_shape, kernel_shape, *, strides,
   two fwd+bwd cost estimates, calibrated on CPU (see the constants below);
   where that is the FFT, 1-D convolutions that contract channels (each group
   has several input channels) over at most `_DFT_MAX_LENGTH` padded steps
-  take 'dft' instead. On 'gpu' / 'tpu': 'direct', since cuDNN and the MXU
-  are built for convolutions; there was no accelerator to calibrate an FFT
-  cost model on, so this is a default, not a measurement.
+  take 'dft' instead. On 'gpu' (`_gpu_algorithm`, measured on an H100):
+  kernels that contract no channels (depthwise, channel multipliers) take the
+  FFT from 7 taps along some axis, 1-D kernels that contract channels take
+  'dft' from 16 taps; everything else stays direct. On 'tpu': 'direct', since
+  the MXU is built for convolutions (a default, not a measurement).
 
   Args:
     input_shape: shape of the input as the convolution sees it, i.e. after
@@ -200,6 +202,8 @@ def choose_algorithm(input_shape, kernel_shape, *, strides,
   """
   backend = backend or jax.default_backend()
   kernel_spatial = kernel_shape[2:]
+  if backend == "gpu":
+    return _gpu_algorithm(input_shape, kernel_shape, channels_first)
   if backend != "cpu":
     return "direct"
   depthwise = kernel_shape[0] == feature_group_count and kernel_shape[1] == 1
@@ -223,6 +227,16 @@ def choose_algorithm(input_shape, kernel_shape, *, strides,
   if fft >= direct:
     return "direct"
   return _frequency_algorithm(input_shape, kernel_shape, channels_first)
+
+
+def _gpu_algorithm(input_shape, kernel_shape, channels_first):
+  """'direct' unless the kernel is long enough for a frequency algorithm to win on a GPU (see the table below)."""
+  contracts_channels = kernel_shape[1] > 1
+  if not contracts_channels and max(kernel_shape[2:]) >= _GPU_MIN_FFT_TAPS:
+    return "fft"
+  if contracts_channels and len(kernel_shape) == 3 and kernel_shape[2] >= _GPU_MIN_DFT_TAPS:
+    return _frequency_algorithm(input_shape, kernel_shape, channels_first)
+  return "direct"
 
 
 def _frequency_algorithm(input_shape, kernel_shape, channels_first):
@@ -262,6 +276,14 @@ def _frequency_algorithm(input_shape, kernel_shape, channels_first):
 #   700 -> 256 channels, batch 64, 124 steps, 25 taps: 0.36 s -> 0.22 s), lost
 #   2x at 4000 steps (its transforms grow as steps^2) and 6x on depthwise
 #   layers (no channel contraction to share the transforms' cost).
+# GPU (benchmarks/bench_conv.py on an NVIDIA H100, jax 0.11.2, float32, fwd+bwd, channels-last, 'SAME'):
+#   depthwise 2-D at the ConvNeXt-T stages (batch 8; 96@56x56 ... 768@7x7): direct won at 3x3 and 5x5, the FFT
+#   from 7x7 on, by 1.4x-3.1x at 7x7 and 1.4x-40x at 17x17-31x31 (96@56x56, 23x23: 13.9 ms direct, 0.35 ms FFT);
+#   dense 1-D (batch 64, 100 steps, 700 -> 256 and 256 -> 256): direct won at 5 taps (0.31 vs 0.45 ms dft), 'dft'
+#   at 25 (0.52 vs 0.65 ms) and 49 taps (0.76 vs 2.17 ms); linear in between, they cross near 15 taps. Dense
+#   2-D/3-D kernels were not measured and stay direct.
+_GPU_MIN_FFT_TAPS = 7
+_GPU_MIN_DFT_TAPS = 16
 _MAX_SMALL_KERNEL = 3
 _DFT_MAX_LENGTH = 1024
 _DIRECT_SECONDS_PER_MAC = 1.6e-11

@@ -437,10 +437,12 @@ def test_jit_matches_eager(version):
 
 
 def test_jit_of_grad_matches_eager_grad():
+  """Equal up to summation order (fused differently under jit: on GPU a gauss entry of 0.1 moves by 2e-6 while the
+  largest entry is 5), so within GRAD_RTOL_OF_SCALE of the largest entry."""
   params = random_params(4, (2,), 3, (5, 6), "gauss")
   loss = lambda *a: jnp.sum(build_kernel(*a, dilated_kernel_size=(5, 6), version="gauss") ** 2)
   for eager, jitted in zip(jax.grad(loss, (0, 1, 2))(*params), jax.jit(jax.grad(loss, (0, 1, 2)))(*params)):
-    np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(jitted, eager, rtol=0, atol=GRAD_RTOL_OF_SCALE * float(np.abs(eager).max()))
 
 
 @pytest.mark.parametrize("method", METHODS)
