@@ -223,10 +223,11 @@ def choose_algorithm(input_shape, kernel_shape, *, strides,
                            feature_group_count)
   if asymmetric_padding and ndim == 1:
     direct *= _DIRECT_1D_ASYMMETRIC_SLOWDOWN
-  fft = _fft_seconds(batch, in_channels, in_spatial, kernel_shape)
-  if fft >= direct:
-    return "direct"
-  return _frequency_algorithm(input_shape, kernel_shape, channels_first)
+  frequency = _frequency_algorithm(input_shape, kernel_shape, channels_first)
+  frequency_seconds = _fft_seconds(batch, in_channels, in_spatial, kernel_shape)
+  if frequency == "dft":
+    frequency_seconds *= _DFT_SECONDS_PER_FFT_SECOND
+  return "direct" if frequency_seconds >= direct else frequency
 
 
 def _gpu_algorithm(input_shape, kernel_shape, channels_first):
@@ -275,7 +276,14 @@ def _frequency_algorithm(input_shape, kernel_shape, channels_first):
 #   from 50 to 1000 padded steps with dense or grouped channels (e.g. SNN-delays'
 #   700 -> 256 channels, batch 64, 124 steps, 25 taps: 0.36 s -> 0.22 s), lost
 #   2x at 4000 steps (its transforms grow as steps^2) and 6x on depthwise
-#   layers (no channel contraction to share the transforms' cost).
+#   layers (no channel contraction to share the transforms' cost). Its cost is
+#   the FFT estimate times 0.6, the median dft / fft time of the dense 1-D rows
+#   of benchmarks/bench_conv.py (0.47-0.82, 5-49 taps).
+# Check (bench_conv on this CPU, 2026-11-26): the pick was the fastest
+#   algorithm on all 28 depthwise ConvNeXt-T shapes with 5x5-31x31 kernels
+#   (3x3 stays direct by the policy above: 1.5x-8x slower there) and on the 12
+#   dense 1-D shapes within 1.07x, where before the dft factor it took direct
+#   at 9 and 13 taps (up to 1.84x slower).
 # GPU (benchmarks/bench_conv.py on an NVIDIA H100, jax 0.11.2, float32, fwd+bwd, channels-last, 'SAME'):
 #   depthwise 2-D at the ConvNeXt-T stages (batch 8; 96@56x56 ... 768@7x7): direct won at 3x3 and 5x5, the FFT
 #   from 7x7 on, by 1.4x-3.1x at 7x7 and 1.4x-40x at 17x17-31x31 (96@56x56, 23x23: 13.9 ms direct, 0.35 ms FFT);
@@ -294,6 +302,7 @@ _GROUPED_DIRECT_SLOWDOWN = 10
 _FFT_SECONDS_PER_DATA_POINT = 2.6e-10
 _FFT_SECONDS_PER_KERNEL_POINT = 9.6e-10
 _FFT_SECONDS_PER_COMPLEX_MAC = 2.1e-10
+_DFT_SECONDS_PER_FFT_SECOND = 0.6
 
 
 def _direct_seconds(batch, in_channels, out_spatial, kernel_shape, groups):
