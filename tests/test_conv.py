@@ -26,11 +26,7 @@ from dcls_jax.conv import ALGORITHMS, choose_algorithm, conv, resolve_padding
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _highest_matmul_precision():
-  """Every comparison at full float32 precision: GPUs otherwise contract channels in TF32 (about 1e-3 off)."""
-  with jax.default_matmul_precision("highest"):
-    yield
+pytestmark = pytest.mark.usefixtures("highest_matmul_precision")
 
 
 # (input spatial, C_in, O, kernel spatial, groups, strides, padding, mode)

@@ -33,10 +33,7 @@ F32_ATOL = 1e-6
 GRAD_RTOL_OF_SCALE = 5e-6
 
 
-@pytest.fixture(autouse=True)
-def _highest_matmul_precision():
-  with jax.default_matmul_precision("highest"):
-    yield
+pytestmark = pytest.mark.usefixtures("highest_matmul_precision")
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -40,10 +40,7 @@ CASES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def highest_precision():
-  with jax.default_matmul_precision("highest"):
-    yield
+pytestmark = pytest.mark.usefixtures("highest_matmul_precision")
 
 
 def make_nnx(case, seed=0, **overrides):

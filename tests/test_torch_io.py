@@ -16,10 +16,7 @@ VERSIONS = ("v0", "v1", "max", "gauss")
 SIGMA_DEFAULT = {"gauss": 0.23, "max": 0.0}
 
 
-@pytest.fixture(autouse=True)
-def _highest_matmul_precision():
-  with jax.default_matmul_precision("highest"):
-    yield
+pytestmark = pytest.mark.usefixtures("highest_matmul_precision")
 
 
 # ------------------------------------------------------------------------------------------------------------
