@@ -58,19 +58,18 @@ def main(argv=None):
       continue
     x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
     kernel = jnp.asarray(rng.standard_normal(k_shape), jnp.float32)
+
+    def loss(x, kernel, r, algorithm):
+      y = conv_lib.conv(x, kernel, padding="SAME", feature_group_count=groups, algorithm=algorithm)
+      return jnp.sum(y * r)
+
+    r = jnp.ones(x_shape[:-1] + k_shape[:1], jnp.float32)  # 'SAME', stride 1: the input's extent, O channels
     seconds = {}
     for algorithm in conv_lib.ALGORITHMS:
       if algorithm == "dft" and len(x_shape) != 3:
         continue
-
-      def loss(x, kernel, r, algorithm=algorithm):
-        y = conv_lib.conv(x, kernel, padding="SAME", feature_group_count=groups, algorithm=algorithm)
-        return jnp.sum(y * r)
-
-      r = jnp.ones(jax.eval_shape(lambda x, k, a=algorithm: conv_lib.conv(
-          x, k, padding="SAME", feature_group_count=groups, algorithm=a), x, kernel).shape, jnp.float32)
-      grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-      seconds[algorithm] = common.timed(lambda: jax.block_until_ready(grad(x, kernel, r)), args.steps)
+      grad = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=3)
+      seconds[algorithm] = common.timed(lambda: jax.block_until_ready(grad(x, kernel, r, algorithm)), args.steps)
     padded = list(x_shape)
     for axis, size in zip(range(1, len(x_shape) - 1), k_shape[2:]):
       padded[axis] += size - 1

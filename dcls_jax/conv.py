@@ -46,8 +46,8 @@ Three algorithms:
   "fft" (sums over Lp terms instead of log2(Lp) stages: measured <= 3e-7 of
   `sum |x| |k|` in the tests).
 
-`choose_algorithm` picks one from shapes at trace time with a cost model
-calibrated on CPU.
+`choose_algorithm` picks one from shapes at trace time: a cost model
+calibrated on CPU, a rule measured on GPU (benchmarks/bench_conv.py).
 """
 
 import functools
